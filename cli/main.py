@@ -1,0 +1,88 @@
+"""The `vidt` command: one click group; each command lives in its own module, loaded lazily
+so that `vidt --help` stays fast and `vidt serve` never imports torch."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+import click
+
+import vidt
+from vidt.errors import VidtError
+
+# name -> (module, attribute, one-line help). A command whose module is absent is not listed:
+# nothing pretends to exist before it is built.
+COMMANDS = {
+    "collect": ("vidt.cli.collect", "collect", "Record a dataset from an env and a policy."),
+    "datasets": ("vidt.cli.datasets", "datasets", "Inspect datasets."),
+    "train": ("vidt.cli.train", "train", "Pretrain offline and finetune online (vidt|odt|td3)."),
+    "export": ("vidt.cli.export", "export", "Export a trained actor to one ONNX file."),
+    "serve": ("vidt.cli.serve", "serve", "Serve an ONNX policy over gRPC."),
+    "eval": ("vidt.cli.eval", "eval_cmd", "Run Gymnasium episodes against a live server."),
+}
+
+
+def _available() -> dict[str, tuple[str, str, str]]:
+    return {n: c for n, c in COMMANDS.items() if importlib.util.find_spec(c[0]) is not None}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(_available())
+
+    def get_command(self, ctx, name):
+        entry = _available().get(name)
+        if entry is None:
+            return None
+        return getattr(importlib.import_module(entry[0]), entry[1])
+
+    def format_commands(self, ctx, formatter):
+        rows = [(n, c[2]) for n, c in sorted(_available().items())]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(vidt.__version__, prog_name="vidt")
+def cli():
+    """vidt: Decision Transformers from offline data to a served policy.
+
+    \b
+    A typical session:
+      vidt collect --env Pendulum-v1 --policy random --steps 10000 --out data/pendulum
+      vidt datasets info data/pendulum
+      vidt train --env Pendulum-v1 --dataset data/pendulum --preset small --out runs/p
+      vidt export runs/p --out p.onnx
+      vidt serve --model p.onnx --port 50051
+      vidt eval --server 127.0.0.1:50051 --env Pendulum-v1 --episodes 10
+
+    Exit status: 0 success, 1 a problem with your input (the message says what),
+    2 a usage error, 130 interrupted. VIDT_DEBUG=1 shows tracebacks.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="vidt", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except VidtError as e:
+        if os.environ.get("VIDT_DEBUG"):
+            raise
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
