@@ -1,0 +1,78 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from vidt.envs import (
+    EnvError,
+    get_family,
+    list_families,
+    make_env,
+    normalized_score,
+)
+
+
+def test_mujoco_v5_uses_d4rl_references():
+    assert normalized_score("Hopper-v5", -20.272305) == pytest.approx(0.0)
+    assert normalized_score("Hopper-v5", 3234.3) == pytest.approx(100.0)
+    assert normalized_score("HalfCheetah-v5", 12135.0) == pytest.approx(100.0)
+    fam = get_family("Walker2d-v5")
+    assert (fam.context_len, fam.eval_context_len) == (20, 5)
+    assert fam.online_target_return == 2 * fam.eval_target_return == 10000
+
+
+def test_no_reference_gives_none():
+    assert normalized_score("vidt/OneState-v0", 1.0) is None
+    assert normalized_score("PointMaze_Open-v3", 50.0) is None  # maze2d-open: no reference
+    assert normalized_score("Hopper-v5", float("nan")) is None
+
+
+def test_every_family_is_consistent():
+    for fam in list_families():
+        assert 1 <= fam.eval_context_len <= fam.context_len, fam.env_id
+        assert fam.reward_scale > 0
+        assert (fam.ref_min is None) == (fam.ref_max is None)
+
+
+def test_unknown_env_gets_generic_defaults_and_clear_error():
+    assert get_family("CartPoleContinuous-v9").family == "generic"
+    with pytest.raises(EnvError, match="cannot make env"):
+        make_env("NoSuchEnv-v0")
+
+
+def test_onestate_env_rewards_and_registration():
+    env = gym.make("vidt/OneState-v0")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (1,)
+    for a, r in [(-1.0, 0.0), (-0.5, 0.25), (0.0, 1.0), (0.5, 0.0), (1.0, -1.0)]:
+        env.reset()
+        _, reward, term, trunc, _ = env.step(np.array([a], dtype=np.float32))
+        assert reward == pytest.approx(r)
+        assert term and not trunc
+
+
+def test_pendulum_reference_is_measured_order():
+    fam = get_family("Pendulum-v1")
+    assert fam.ref_min < -1000 < fam.ref_max < -100
+    assert normalized_score("Pendulum-v1", fam.ref_max) == pytest.approx(100.0)
+
+
+def test_dict_observations_are_flattened_in_sorted_key_order():
+    # A Dict-observation env built here (mazes need the robotics extra): FlattenObservation
+    # must concatenate the keys sorted, the order our Minari loader uses too.
+    class DictEnv(gym.Env):
+        observation_space = gym.spaces.Dict({
+            "observation": gym.spaces.Box(-1, 1, (2,)),
+            "achieved_goal": gym.spaces.Box(-1, 1, (1,)),
+            "desired_goal": gym.spaces.Box(-1, 1, (1,)),
+        })
+        action_space = gym.spaces.Box(-1, 1, (1,))
+
+        def reset(self, *, seed=None, options=None):
+            return {"observation": np.array([1, 2], np.float32),
+                    "achieved_goal": np.array([3], np.float32),
+                    "desired_goal": np.array([4], np.float32)}, {}
+
+    gym.register("vidt-test/DictEnv-v0", entry_point=DictEnv)
+    env = make_env("vidt-test/DictEnv-v0")
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs, [3, 4, 1, 2])  # achieved, desired, observation
