@@ -173,3 +173,43 @@ def test_cli_collect_and_info_json(tmp_path, run_cli):
     assert info["normalized_score"] is not None
     again = run_cli("collect", "--env", "Pendulum-v1", "--steps", "10", "--out", str(out))
     assert again.exit_code == 1 and "already exists" in again.stderr
+
+
+def test_minari_dict_observations_flatten_like_the_env(tmp_path, monkeypatch):
+    # Maze datasets store dict observations; the loader must flatten them in the order
+    # make_env's FlattenObservation uses (sorted keys), or a trained policy would see its
+    # inputs permuted at serving time.
+    import gymnasium as gym
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    from vidt.envs import make_env
+
+    space = gym.spaces.Dict({"observation": gym.spaces.Box(-9, 9, (2,)),
+                             "achieved_goal": gym.spaces.Box(-9, 9, (1,)),
+                             "desired_goal": gym.spaces.Box(-9, 9, (1,))})
+
+    class MazeLike(gym.Env):
+        observation_space = space
+        action_space = gym.spaces.Box(-1, 1, (1,))
+
+        def reset(self, *, seed=None, options=None):
+            return {"observation": np.array([1, 2], np.float32),
+                    "achieved_goal": np.array([3], np.float32),
+                    "desired_goal": np.array([4], np.float32)}, {}
+
+    gym.register("vidt-test/MazeLike-v0", entry_point=MazeLike)
+    env_obs, _ = make_env("vidt-test/MazeLike-v0").reset(seed=0)
+    T = 3
+    obs = {"observation": np.tile([1, 2], (T + 1, 1)).astype(np.float32),
+           "achieved_goal": np.full((T + 1, 1), 3, np.float32),
+           "desired_goal": np.full((T + 1, 1), 4, np.float32)}
+    buf = EpisodeBuffer(id=0, observations=obs, actions=np.zeros((T, 1), np.float32),
+                        rewards=[0.0] * T, terminations=[False, False, True],
+                        truncations=[False] * T)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    minari.create_dataset_from_buffers("test/mazelike-v0", buffer=[buf], env=None,
+                                       observation_space=space, action_space=MazeLike.action_space)
+    (ep,) = load("test/mazelike-v0")
+    np.testing.assert_array_equal(ep.observations[0], env_obs)
+    assert ep.terminated and len(ep) == T
