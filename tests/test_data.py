@@ -80,8 +80,8 @@ def test_d4rl_round_trip(tmp_path):
 
 def test_minari_collect_round_trip_and_determinism(tmp_path):
     r1 = collect("Hopper-v5", tmp_path / "a", steps=600, seed=7)
-    r2 = collect("Hopper-v5", tmp_path / "b", steps=600, seed=7)
-    r3 = collect("Hopper-v5", tmp_path / "c", steps=600, seed=8)
+    collect("Hopper-v5", tmp_path / "b", steps=600, seed=7)
+    collect("Hopper-v5", tmp_path / "c", steps=600, seed=8)
     a, b, c = (load(tmp_path / n, "Hopper-v5") for n in "abc")
     assert r1.steps == sum(len(e) for e in a) == 600
     assert len(a) == len(b) == r1.episodes

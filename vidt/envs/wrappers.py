@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from .registry import get_family
-
-
 from vidt.errors import VidtError
+
+from .registry import get_family
 
 
 class EnvError(VidtError):

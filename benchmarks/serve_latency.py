@@ -1,0 +1,401 @@
+"""Latency and throughput of `vidt serve`, against its floor, all in one run.
+
+    python benchmarks/serve_latency.py                    # Hopper-v5, `small` preset DT (untrained)
+    python benchmarks/serve_latency.py --size paper       # the paper's size (d512, 4 layers, K 20)
+    python benchmarks/serve_latency.py --model policy.onnx
+
+1. Floor: a trivial gRPC echo server with the same server settings (sync, same thread pool
+   and options) answering Act with a constant; onnxruntime batch 1 alone, same threads.
+2. One client: Act p50/p99, unary and stream, and the ratio
+   Act p50 / (echo p50 + onnxruntime p50)                  target <= 1.15
+3. 64 concurrent sessions (client processes x threads): steps/s with batching (the default
+   flags) vs --max-batch 1                                  target >= 3x
+
+Servers run in their own processes, as in production. The measurements alternate in rounds
+(these shared machines are noisy) and percentiles pool the rounds. The machine and versions
+are printed with the results; --json prints one object instead of the text report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+
+
+# ---- child process modes -----------------------------------------------------------------------
+
+def run_echo_server(port: int, obs_dim: int, act_dim: int, threads: int) -> None:
+    """A PolicyService whose Act returns a constant: grpc's cost with vidt's server settings."""
+    import grpc
+
+    from vidt.serving.server import message_limits
+    from vidt.v1 import policy_pb2 as pb
+    from vidt.v1 import policy_pb2_grpc as pb_grpc
+
+    action = [0.0] * act_dim
+
+    class Echo(pb_grpc.PolicyServiceServicer):
+        def CreateSession(self, request, context):
+            return pb.CreateSessionResponse(session_id="echo")
+
+        def CloseSession(self, request, context):
+            return pb.CloseSessionResponse()
+
+        def Act(self, request, context):
+            return pb.ActResponse(session_id=request.session_id, step=request.step,
+                                  action=action, return_to_go=0.0)
+
+        def ActStream(self, request_iterator, context):
+            for r in request_iterator:
+                yield pb.ActResponse(session_id=r.session_id, step=r.step, action=action)
+
+    recv, send = message_limits(obs_dim, act_dim, 1024)
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=[
+        ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", recv),
+        ("grpc.max_send_message_length", send)])
+    pb_grpc.add_PolicyServiceServicer_to_server(Echo(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
+
+
+def run_load_worker(address: str, sessions: int, seconds: float, obs_dim: int) -> None:
+    """`sessions` threads, one session each, stepping as fast as answers come back."""
+    from vidt.serving.client import PolicyClient
+
+    rng = np.random.default_rng(os.getpid())
+    obs = rng.normal(size=(64, obs_dim)).astype(np.float32)
+    counts = [0] * sessions
+    start = threading.Barrier(sessions + 1)
+    stop_at = [0.0]
+    with PolicyClient(address, timeout_s=30) as c:
+        def loop(k):
+            with c.session() as s:
+                start.wait()
+                while time.perf_counter() < stop_at[0]:
+                    s.act(obs[s.step % 64], 0.1)
+                    counts[k] += 1
+
+        threads = [threading.Thread(target=loop, args=(k,)) for k in range(sessions)]
+        for t in threads:
+            t.start()
+        stop_at[0] = time.perf_counter() + 1e9
+        start.wait()
+        t0 = time.perf_counter()
+        time.sleep(1.0)  # warm-up: counts reset after it
+        base = sum(counts)
+        t1 = time.perf_counter()
+        stop_at[0] = t1 + seconds
+        for t in threads:
+            t.join()
+        t2 = time.perf_counter()
+    print(json.dumps({"steps": sum(counts) - base, "seconds": t2 - t1, "warmup_s": t1 - t0}))
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(address: str, proc, timeout: float = 120.0) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode}")
+            try:
+                r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise SystemExit(f"server at {address} did not become SERVING")
+
+
+def wait_port(address: str, proc, timeout: float = 60.0) -> None:
+    import grpc
+
+    with grpc.insecure_channel(address) as ch:
+        try:
+            grpc.channel_ready_future(ch).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise SystemExit(f"echo server at {address} did not start") from None
+
+
+class Proc:
+    def __init__(self, args):
+        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self):
+        return self.p
+
+    def __exit__(self, *exc):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(15)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+
+
+def pct(xs, q) -> float:
+    return float(np.percentile(np.asarray(xs) * 1e3, q))
+
+
+def make_model(out: Path, env_id: str, size: str) -> Path:
+    import torch
+
+    from vidt.envs import env_dims, get_family
+    from vidt.export.export import export_actor
+    from vidt.model.dt import Actor, DecisionTransformer, ModelConfig, ModelSpec
+
+    fam = get_family(env_id)
+    S, A = env_dims(env_id)
+    width, layers, heads, K = {"paper": (512, 4, 4, fam.context_len),
+                               "small": (64, 2, 2, min(fam.context_len, 5))}[size]
+    torch.manual_seed(0)
+    dt = DecisionTransformer(ModelSpec(S, A), ModelConfig(context_len=K, d_model=width,
+                                                          n_layer=layers, n_head=heads))
+    from vidt.envs import make_env
+
+    env = make_env(env_id)
+    low, high = env.action_space.low, env.action_space.high
+    env.close()
+    actor = Actor(dt, np.zeros(S), np.ones(S), fam.reward_scale, low, high)
+    export_actor(actor, dict(env_id=env_id, algo="vidt",
+                             eval_context_len=min(fam.eval_context_len, K),
+                             eval_target_return=fam.eval_target_return, max_episode_steps=1000),
+                 out, n_windows=16)
+    return out
+
+
+# ---- measurements ----------------------------------------------------------------------------
+
+def time_calls(fn, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def latency(args, model: Path, meta) -> dict:
+    from vidt.serving.client import PolicyClient
+    from vidt.serving.runtime import OnnxPolicy
+    from vidt.v1 import policy_pb2 as pb
+
+    S = meta.obs_dim
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(256, S)).astype(np.float32)
+    policy = OnnxPolicy(model, provider="cpu", intra_op_threads=args.ort_threads)
+    window = policy.new_window()
+    for t in range(meta.eval_context_len):
+        inp = window.observe(obs[t], 0.1)
+        window.record_action(policy.predict(inp)[0])
+    inp = window.observe(obs[0], 0.1)
+
+    echo_port, port = free_port(), free_port()
+    py = sys.executable
+    serve = [py, "-m", "vidt.cli.main", "serve", "--model", str(model), "--port", str(port),
+             "--threads", str(args.threads), "--provider", "cpu",
+             "--ort-threads", str(args.ort_threads)]
+    echo = [py, str(HERE), "--echo-server", str(echo_port), "--obs-dim", str(S),
+            "--act-dim", str(meta.act_dim), "--threads", str(args.threads)]
+    res = {"echo": [], "ort": [], "act": [], "stream": []}
+    with Proc(echo) as pe, Proc(serve) as ps:
+        wait_port(f"127.0.0.1:{echo_port}", pe)
+        wait_serving(f"127.0.0.1:{port}", ps)
+        with PolicyClient(f"127.0.0.1:{echo_port}") as ec, \
+                PolicyClient(f"127.0.0.1:{port}") as c:
+            s, st = c.session(), c.stream()
+            n = args.requests // args.rounds
+            req = pb.ActRequest(session_id="echo", step=0, observation=obs[0].tolist(),
+                                reward=0.1)
+            k = [0]
+
+            def act_unary():
+                s.act(obs[k[0] % 256], 0.1)
+                k[0] += 1
+
+            def act_stream():
+                st.act(obs[k[0] % 256], 0.1)
+                k[0] += 1
+
+            def echo_call():
+                # Built like the client builds an Act request, so both pay the same.
+                r = pb.ActRequest(session_id="echo", step=k[0],
+                                  observation=obs[k[0] % 256].tolist(), reward=0.1)
+                ec.stub.Act(r, timeout=10)
+                k[0] += 1
+
+            for fn in (echo_call, act_unary, act_stream, lambda: policy.predict(inp)):
+                time_calls(fn, 200)  # warm-up
+            del req
+            for _ in range(args.rounds):
+                res["echo"] += time_calls(echo_call, n)
+                res["ort"] += time_calls(lambda: policy.predict(inp), n)
+                res["act"] += time_calls(act_unary, n)
+                res["stream"] += time_calls(act_stream, n)
+            st.close()
+            s.close()
+    out = {k: {"p50": pct(v, 50), "p99": pct(v, 99), "n": len(v)} for k, v in res.items()}
+    out["ratio_act_p50_over_floor"] = out["act"]["p50"] / (out["echo"]["p50"] + out["ort"]["p50"])
+    out["ratio_stream_p50_over_floor"] = (out["stream"]["p50"]
+                                          / (out["echo"]["p50"] + out["ort"]["p50"]))
+    return out
+
+
+def throughput(args, model: Path, meta) -> dict:
+    """Steps/s of `sessions` concurrent sessions against: the server with batching (default
+    flags), the server with --max-batch 1, and the echo server (the ceiling that the client
+    processes and gRPC leave on this machine, whatever the server does)."""
+    py = sys.executable
+    per = args.sessions // args.workers
+    runs = {"batched": [], "max_batch_1": [], "echo_ceiling": []}
+    threads = str(max(args.threads, args.sessions + 8))
+    for _ in range(args.tp_rounds):
+        for mode in runs:
+            port = free_port()
+            if mode == "echo_ceiling":
+                cmd = [py, str(HERE), "--echo-server", str(port), "--obs-dim", str(meta.obs_dim),
+                       "--act-dim", str(meta.act_dim), "--threads", threads]
+            else:
+                cmd = [py, "-m", "vidt.cli.main", "serve", "--model", str(model), "--port",
+                       str(port), "--threads", threads, "--provider", "cpu", "--ort-threads",
+                       str(args.ort_threads), *(["--max-batch", "1"] if mode == "max_batch_1"
+                                                else [])]
+            with Proc(cmd) as ps:
+                if mode == "echo_ceiling":
+                    wait_port(f"127.0.0.1:{port}", ps)
+                else:
+                    wait_serving(f"127.0.0.1:{port}", ps)
+                workers = [subprocess.Popen(
+                    [py, str(HERE), "--load-worker", f"127.0.0.1:{port}", "--worker-sessions",
+                     str(per), "--seconds", str(args.seconds), "--obs-dim", str(meta.obs_dim)],
+                    stdout=subprocess.PIPE, text=True) for _ in range(args.workers)]
+                got = [json.loads(w.communicate(timeout=args.seconds + 120)[0]) for w in workers]
+            steps = sum(g["steps"] for g in got)
+            secs = max(g["seconds"] for g in got)
+            runs[mode].append(steps / secs)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {"sessions": per * args.workers, "workers": args.workers, "runs": runs,
+            "batched_steps_per_s": med["batched"], "max_batch_1_steps_per_s": med["max_batch_1"],
+            "echo_ceiling_steps_per_s": med["echo_ceiling"],
+            "speedup": med["batched"] / med["max_batch_1"],
+            "speedup_possible_at_most": med["echo_ceiling"] / med["max_batch_1"]}
+
+
+def machine() -> dict:
+    import grpc
+    import onnxruntime
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "grpcio": grpc.__version__, "onnxruntime": onnxruntime.__version__,
+            "platform": platform.platform()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="an exported policy (else made)")
+    ap.add_argument("--env", default="Hopper-v5")
+    ap.add_argument("--size", choices=["paper", "small"], default="small",
+                    help="paper: d512, 4 layers, K 20; small: the `small` preset (d64, 2, K 5)")
+    ap.add_argument("--requests", type=int, default=2000, help="latency samples per kind")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--sessions", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=4, help="client processes for the load")
+    ap.add_argument("--seconds", type=float, default=4.0, help="per throughput run")
+    ap.add_argument("--tp-rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=64, help="server worker threads")
+    ap.add_argument("--ort-threads", type=int, default=1)
+    ap.add_argument("--json", action="store_true")
+    # child modes
+    ap.add_argument("--echo-server", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--load-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-sessions", type=int, default=16, help=argparse.SUPPRESS)
+    ap.add_argument("--obs-dim", type=int, default=11, help=argparse.SUPPRESS)
+    ap.add_argument("--act-dim", type=int, default=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.echo_server is not None:
+        return run_echo_server(args.echo_server, args.obs_dim, args.act_dim, args.threads)
+    if args.load_worker is not None:
+        return run_load_worker(args.load_worker, args.worker_sessions, args.seconds,
+                               args.obs_dim)
+
+    from vidt.serving.runtime import OnnxPolicy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or make_model(Path(tmp) / f"{args.env}-{args.size}.onnx", args.env,
+                                         args.size)
+        meta = OnnxPolicy(model, provider="cpu").metadata
+        t0 = time.time()
+        lat = latency(args, model, meta)
+        tp = throughput(args, model, meta)
+    report = {"machine": machine(), "model": {"file": str(args.model or f"{args.env} {args.size}"),
+              "obs_dim": meta.obs_dim, "act_dim": meta.act_dim, "K": meta.context_len,
+              "eval_K": meta.eval_context_len}, "ort_threads": args.ort_threads,
+              "server_threads": args.threads, "latency_ms": lat, "throughput": tp,
+              "seconds": time.time() - t0}
+    if args.json:
+        print(json.dumps(report))
+        return
+    m, L = report["machine"], lat
+    print(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, grpcio "
+          f"{m['grpcio']}, onnxruntime {m['onnxruntime']}")
+    print(f"model: {report['model']['file']} (obs {meta.obs_dim}, act {meta.act_dim}, "
+          f"K {meta.context_len}, T_eval {meta.eval_context_len}), onnxruntime threads "
+          f"{args.ort_threads}, server threads {args.threads}")
+    print("| measurement | p50 ms | p99 ms |\n|---|---|---|")
+    for key, name in [("echo", "floor: gRPC echo, same server settings"),
+                      ("ort", "floor: onnxruntime batch 1 alone"),
+                      ("act", "Act (unary), one client"), ("stream", "ActStream, one client")]:
+        print(f"| {name} | {L[key]['p50']:.3f} | {L[key]['p99']:.3f} |")
+    ok = "meets" if L["ratio_act_p50_over_floor"] <= 1.15 else "misses"
+    print(f"Act p50 / (echo p50 + onnxruntime p50) = {L['ratio_act_p50_over_floor']:.3f} "
+          f"({ok} the 1.15 target); stream: {L['ratio_stream_p50_over_floor']:.3f}")
+    ok = "meets" if tp["speedup"] >= 3 else "misses"
+    print(f"{tp['sessions']} concurrent sessions ({tp['workers']} client processes): "
+          f"{tp['batched_steps_per_s']:.0f} steps/s batched vs {tp['max_batch_1_steps_per_s']:.0f}"
+          f" with --max-batch 1: {tp['speedup']:.2f}x ({ok} the 3x target)")
+    print(f"ceiling: the echo server under the same load does {tp['echo_ceiling_steps_per_s']:.0f}"
+          f" steps/s, so at most {tp['speedup_possible_at_most']:.2f}x is possible here; "
+          f"runs {json.dumps({k: [round(x) for x in v] for k, v in tp['runs'].items()})}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""`vidt eval`: Gymnasium episodes against a live policy server."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .serve import _read_token
+
+
+@click.command("eval")
+@click.option("--server", required=True, metavar="HOST:PORT", help="Address of `vidt serve`.")
+@click.option("--env", "env_id", required=True, help="Gymnasium env id, e.g. Hopper-v5.")
+@click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--target-return", type=float, default=None,
+              help="Return to condition on  [default: the policy's]")
+@click.option("--num-envs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Sub-envs of a vector env, stepped with ActBatch when > 1.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Episode e (sub-env i) is reset with seed + e (seed + i).")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the server's bearer token.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM certificate (or CA) to trust: connect with TLS.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Deadline of each call, seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file, tls_ca,
+             timeout, as_json, no_progress):
+    """Run episodes of ENV against the policy served at --server and report returns,
+    normalised score, episode lengths and Act latency.
+
+    \b
+    Example:
+      vidt eval --server 127.0.0.1:50051 --env Hopper-v5 --episodes 10 --num-envs 4
+    """
+    from tqdm import tqdm
+
+    from vidt.serving.client import PolicyClient
+    from vidt.serving.evaluate import evaluate
+
+    with PolicyClient(server, token=_read_token(token_file), tls=tls_ca,
+                      timeout_s=timeout) as client, \
+            tqdm(total=episodes, desc=f"eval {env_id}", unit="ep", file=sys.stderr,
+                 disable=no_progress or None, leave=False) as bar:
+        res = evaluate(client, env_id, episodes, target_return=target_return,
+                       num_envs=num_envs, seed=seed,
+                       on_episode=lambda ret, n: (bar.update(1), bar.set_postfix(ret=f"{ret:.1f}")))
+    if as_json:
+        click.echo(json.dumps(res.to_json()))
+        return
+    lat = res.latency_ms
+    score = "n/a (no reference)" if res.normalized_score is None else f"{res.normalized_score:.1f}"
+    how = "ActBatch" if num_envs > 1 else "Act"
+    click.echo(f"{env_id}: return {res.return_mean:.2f} ± {res.return_std:.2f} over "
+               f"{len(res.returns)} episodes\n"
+               f"normalized score: {score}\n"
+               f"episode length: mean {res.mean_length:.1f} (min {min(res.lengths)}, "
+               f"max {max(res.lengths)})\n"
+               f"{how} latency: p50 {lat['p50']:.3f} ms, p95 {lat['p95']:.3f} ms, "
+               f"p99 {lat['p99']:.3f} ms ({res.calls} calls)")

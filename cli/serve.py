@@ -1,0 +1,80 @@
+"""`vidt serve`: one ONNX policy behind the vidt.v1 gRPC service."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from vidt.errors import ConfigError
+
+
+def _read_token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the token file {path}: {e.strerror}") from None
+    if not token:
+        raise ConfigError(f"the token file {path} is empty")
+    return token
+
+
+@click.command("serve")
+@click.option("--model", type=click.Path(dir_okay=False), required=True,
+              help="Exported policy (vidt export).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Beyond loopback needs TLS or a token (or --insecure).")
+@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True)
+@click.option("--max-sessions", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Open sessions at most; more get RESOURCE_EXHAUSTED.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+              show_default=True, help="Seconds after which an idle session is freed.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Windows per onnxruntime call (1 turns batching off).")
+@click.option("--batch-window-us", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Longest wait for a batch to fill, used only under concurrent load.")
+@click.option("--threads", type=click.IntRange(min=1), default=64, show_default=True,
+              help="gRPC worker threads = concurrent calls (each open ActStream holds one).")
+@click.option("--ort-threads", type=click.IntRange(min=1), default=None,
+              help="onnxruntime intra-op threads  [default: onnxruntime's choice]")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics over HTTP on this port.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM certificate chain (with --tls-key).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM private key.")
+@click.option("--auth-token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the bearer token every call must carry.")
+@click.option("--insecure", is_flag=True,
+              help="Allow a non-loopback --host without TLS or token.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="onnxruntime execution provider.")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds open episodes get to finish after SIGTERM/SIGINT.")
+def serve(model, host, port, max_sessions, idle_timeout, max_batch, batch_window_us, threads,
+          ort_threads, metrics_port, tls_cert, tls_key, auth_token_file, insecure, provider,
+          grace):
+    """Serve an ONNX policy over gRPC until SIGTERM/SIGINT (then drain and exit 0).
+
+    \b
+    Example:
+      vidt serve --model policy.onnx --port 50051
+      grpcurl -plaintext 127.0.0.1:50051 list
+    """
+    from vidt.serving.server import ServerConfig
+    from vidt.serving.server import serve as run
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig(
+        host=host, port=port, max_sessions=max_sessions, idle_timeout_s=idle_timeout,
+        max_batch=max_batch, batch_window_us=batch_window_us, threads=threads,
+        metrics_port=metrics_port, tls_cert=tls_cert, tls_key=tls_key,
+        auth_token=_read_token(auth_token_file), insecure=insecure, grace_s=grace)
+    code = run(model, config, provider=provider, ort_threads=ort_threads)
+    if code:
+        sys.exit(code)

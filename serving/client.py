@@ -1,0 +1,265 @@
+"""Python client of a vidt policy server.
+
+    from vidt.serving.client import PolicyClient
+
+    with PolicyClient("127.0.0.1:50051") as client, client.session() as s:
+        obs, _ = env.reset(seed=0)
+        reward, done = 0.0, False
+        while not done:
+            action = s.act(obs, reward)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+
+Sessions count their steps themselves. A call that fails with UNAVAILABLE or DEADLINE_EXCEEDED
+is sent again with the same step index: the server answers a repeated step with the answer it
+already gave and appends nothing, so a retry can never advance the episode twice.
+Three forms of the same episode loop: `session()` (Act), `sessions(n)` (ActBatch, for vector
+envs) and `stream()` (ActStream, one stream per episode).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from vidt.errors import VidtError
+from vidt.v1 import policy_pb2 as pb
+from vidt.v1 import policy_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# grpc waits 1 s (then longer) before reconnecting after a failed connect; a controller
+# that retries within its retry budget needs the channel back sooner.
+CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 2000))
+
+
+class ServerError(VidtError):
+    """A call the server refused or could not answer; `code` is the grpc.StatusCode."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str):
+        super().__init__(f"{method} failed: {code.name}: {details}")
+        self.method, self.code, self.details = method, code, details
+
+
+def _obs_list(observation) -> list[float]:
+    return np.asarray(observation, dtype=np.float32).reshape(-1).tolist()
+
+
+class PolicyClient:
+    """A channel to one server.
+
+    token: bearer token sent with every call. tls: None for plaintext, True for TLS checked
+    against the system's roots, or a PEM file path / PEM bytes of the certificate (or CA) to
+    trust. timeout_s: deadline of each unary call. retries: extra attempts on UNAVAILABLE and
+    DEADLINE_EXCEEDED, `backoff_s` doubling between them.
+    """
+
+    def __init__(self, address: str, token: str | None = None,
+                 tls: bool | str | Path | bytes | None = None, *, timeout_s: float = 10.0,
+                 retries: int = 5, backoff_s: float = 0.05, options=()):
+        self.address = address
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, int(retries), backoff_s
+        options = [*CHANNEL_OPTIONS, *options]
+        if tls is None or tls is False:
+            self.channel = grpc.insecure_channel(address, options=options)
+        else:
+            if tls is True:
+                root = None
+            elif isinstance(tls, bytes):
+                root = tls
+            else:
+                root = Path(tls).read_bytes()
+            self.channel = grpc.secure_channel(
+                address, grpc.ssl_channel_credentials(root_certificates=root), options)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.stub = pb_grpc.PolicyServiceStub(self.channel)
+        self._info: pb.PolicyInfo | None = None
+        self.retried = 0  # calls sent again after a transient failure (for monitoring)
+
+    def __repr__(self) -> str:  # no token here
+        return f"PolicyClient({self.address!r})"
+
+    def call(self, method: str, request, *, retry: bool = True, timeout_s: float | None = None):
+        """Unary call `method` with the token, a deadline, and retries on transient codes."""
+        fn = getattr(self.stub, method)
+        attempts = 1 + (self.retries if retry else 0)
+        delay = self.backoff_s
+        for attempt in range(attempts):
+            try:
+                return fn(request, timeout=timeout_s or self.timeout_s, metadata=self.metadata)
+            except grpc.RpcError as e:
+                code = e.code()
+                if code in RETRY_CODES and attempt + 1 < attempts:
+                    log.debug("%s: %s, retrying in %.3f s", method, code.name, delay)
+                    self.retried += 1
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise ServerError(method, code, e.details() or "") from None
+        raise AssertionError("unreachable")
+
+    def info(self, refresh: bool = False) -> pb.PolicyInfo:
+        if self._info is None or refresh:
+            self._info = self.call("GetPolicyInfo", pb.GetPolicyInfoRequest())
+        return self._info
+
+    def session(self, target_return: float | None = None) -> Session:
+        return Session(self, target_return)
+
+    def sessions(self, n: int, target_return: float | None = None) -> SessionBatch:
+        return SessionBatch(self, n, target_return)
+
+    def stream(self, target_return: float | None = None) -> StreamSession:
+        return StreamSession(self, target_return)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Session:
+    """One episode on the server (Act). Use as a context manager, or call close()."""
+
+    def __init__(self, client: PolicyClient, target_return: float | None = None):
+        self.client = client
+        req = pb.CreateSessionRequest()
+        if target_return is not None:
+            req.target_return = float(target_return)
+        r = client.call("CreateSession", req)
+        self.id: str = r.session_id
+        self.target_return: float = r.target_return
+        self.context_length: int = r.context_length
+        self.idle_timeout_s: int = r.idle_timeout_s
+        self.step = 0  # index of the next step to send
+        self.return_to_go = r.target_return
+        self.closed = False
+
+    def request(self, observation, reward: float = 0.0) -> pb.ActRequest:
+        return pb.ActRequest(session_id=self.id, step=self.step,
+                             observation=_obs_list(observation), reward=float(reward))
+
+    def _advance(self, r: pb.ActResponse) -> np.ndarray:
+        self.step = r.step + 1
+        self.return_to_go = r.return_to_go
+        return np.asarray(r.action, dtype=np.float32)
+
+    def act(self, observation, reward: float = 0.0) -> np.ndarray:
+        """Send o_t and the reward for the previous action (ignored at step 0); returns a_t."""
+        return self._advance(self.client.call("Act", self.request(observation, reward)))
+
+    def close(self) -> tuple[int, float]:
+        """Close on the server; returns (steps, total reward the server saw)."""
+        self.closed = True
+        r = self.client.call("CloseSession", pb.CloseSessionRequest(session_id=self.id))
+        return r.steps, r.total_reward
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if self.closed:
+            return
+        try:
+            self.close()
+        except ServerError as e:
+            # An expired session is already gone; and never mask the error that got us here.
+            if exc_type is None and e.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            log.debug("closing session %s: %s", self.id, e)
+
+
+class SessionBatch:
+    """n sessions stepped together with ActBatch, e.g. one per sub-env of a vector env."""
+
+    def __init__(self, client: PolicyClient, n: int, target_return: float | None = None):
+        self.client, self.target_return = client, target_return
+        self.sessions: list[Session] = []
+        try:
+            for _ in range(n):
+                self.sessions.append(Session(client, target_return))
+        except BaseException:
+            self.close()
+            raise
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def act(self, observations, rewards=None, indices=None) -> np.ndarray:
+        """One step for the sessions `indices` (default: all): observations (m, S), rewards
+        (m,); returns actions (m, A) in the same order."""
+        idx = list(range(len(self.sessions))) if indices is None else list(indices)
+        obs = np.asarray(observations, dtype=np.float32).reshape(len(idx), -1)
+        rew = np.zeros(len(idx)) if rewards is None else np.asarray(rewards, dtype=np.float64)
+        reqs = [self.sessions[i].request(obs[j], float(rew[j])) for j, i in enumerate(idx)]
+        r = self.client.call("ActBatch", pb.ActBatchRequest(requests=reqs))
+        return np.stack([self.sessions[i]._advance(a) for i, a in zip(idx, r.responses)])
+
+    def reset(self, i: int, target_return: float | None = None) -> Session:
+        """Close session i (its episode ended) and start a new one in its place."""
+        old = self.sessions[i]
+        old.__exit__(None)
+        self.sessions[i] = Session(self.client, self.target_return if target_return is None
+                                   else target_return)
+        return self.sessions[i]
+
+    def close(self) -> None:
+        for s in self.sessions:
+            s.__exit__(None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_END = object()
+
+
+class StreamSession(Session):
+    """One episode over one ActStream: each act() writes a request and reads its answer. If
+    the stream breaks with a transient code, a new stream resends the same step."""
+
+    def __init__(self, client: PolicyClient, target_return: float | None = None):
+        super().__init__(client, target_return)
+        self._open()
+
+    def _open(self) -> None:
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._responses = self.client.stub.ActStream(iter(self._q.get, _END),
+                                                     metadata=self.client.metadata)
+
+    def act(self, observation, reward: float = 0.0) -> np.ndarray:
+        req = self.request(observation, reward)
+        delay = self.client.backoff_s
+        for attempt in range(1 + self.client.retries):
+            self._q.put(req)
+            try:
+                return self._advance(next(self._responses))
+            except grpc.RpcError as e:
+                if e.code() in RETRY_CODES and attempt < self.client.retries:
+                    self.client.retried += 1
+                    time.sleep(delay)
+                    delay *= 2
+                    self._open()
+                    continue
+                raise ServerError("ActStream", e.code(), e.details() or "") from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> tuple[int, float]:
+        self._q.put(_END)
+        self._responses.cancel()
+        return super().close()

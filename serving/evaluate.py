@@ -1,0 +1,168 @@
+"""Gymnasium episodes against a live policy server (what `vidt eval` runs).
+
+One env steps through Act; a vector env of M sub-envs steps through ActBatch, one session
+per sub-env, a new session whenever a sub-env's episode ends. Episode e (single env) and
+sub-env i (vector env) are reset with seed + e / seed + i, so a run is reproducible.
+Latency is measured around each Act / ActBatch call, as the client sees it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from vidt.envs import make_env, normalized_score
+from vidt.errors import VidtError
+
+from .client import PolicyClient
+
+MAX_STEPS_WITHOUT_LIMIT = 100_000  # an env without a time limit must still end somewhere
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    env_id: str
+    returns: tuple[float, ...]  # per episode, in the order they finished
+    lengths: tuple[int, ...]
+    latency_ms: dict  # p50, p95, p99 of one Act (or ActBatch) call, milliseconds
+    num_envs: int
+    calls: int  # Act / ActBatch calls made
+
+    @property
+    def return_mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def return_std(self) -> float:
+        return float(np.std(self.returns))
+
+    @property
+    def normalized_score(self) -> float | None:
+        return normalized_score(self.env_id, self.return_mean)
+
+    @property
+    def mean_length(self) -> float:
+        return float(np.mean(self.lengths))
+
+    def to_json(self) -> dict:
+        """The object `vidt eval --json` prints."""
+        return {"episodes": len(self.returns), "return_mean": self.return_mean,
+                "return_std": self.return_std, "normalized_score": self.normalized_score,
+                "mean_length": self.mean_length, "latency_ms": dict(self.latency_ms)}
+
+
+def check_compatible(info, env_id: str, env) -> None:
+    """VidtError unless the served policy fits `env` (its id, when the file names one, and
+    its observation and action sizes)."""
+    if info.env_id and info.env_id != env_id:
+        raise VidtError(f"the server serves a policy for {info.env_id!r}, not {env_id!r}: "
+                        f"run `vidt eval --env {info.env_id}` or serve a policy for {env_id}")
+    obs_dim = int(np.prod(env.single_observation_space.shape if hasattr(
+        env, "single_observation_space") else env.observation_space.shape))
+    space = env.single_action_space if hasattr(env, "single_action_space") else env.action_space
+    act_dim = int(np.prod(space.shape))
+    if (info.observation_dim, info.action_dim) != (obs_dim, act_dim):
+        raise VidtError(f"size mismatch: the server's policy takes {info.observation_dim} "
+                        f"observation values and returns {info.action_dim} actions; {env_id} "
+                        f"has {obs_dim} and {act_dim}")
+
+
+def _percentiles(lat_s: list[float]) -> dict:
+    p = np.percentile(np.asarray(lat_s) * 1e3, [50, 95, 99]) if lat_s else [math.nan] * 3
+    return {"p50": float(p[0]), "p95": float(p[1]), "p99": float(p[2])}
+
+
+def evaluate(client: PolicyClient, env_id: str, episodes: int, *,
+             target_return: float | None = None, num_envs: int = 1, seed: int = 0,
+             on_episode: Callable[[float, int], None] | None = None) -> EvalResult:
+    """Run `episodes` episodes of `env_id` against the server behind `client`.
+    on_episode(return, length) is called as each episode finishes (progress bars)."""
+    if episodes < 1 or num_envs < 1:
+        raise VidtError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
+    info = client.info()
+    run = _run_single if num_envs == 1 else partial(_run_vector, num_envs=num_envs)
+    returns, lengths, lat = run(client, info, env_id, episodes, target_return, seed,
+                                on_episode or (lambda r, n: None))
+    return EvalResult(env_id, tuple(returns), tuple(lengths), _percentiles(lat), num_envs,
+                      len(lat))
+
+
+def _run_single(client, info, env_id, episodes, target_return, seed, on_episode):
+    env = make_env(env_id)
+    try:
+        check_compatible(info, env_id, env)
+        limit = (env.spec.max_episode_steps if env.spec else None) or MAX_STEPS_WITHOUT_LIMIT
+        returns, lengths, lat = [], [], []
+        for e in range(episodes):
+            obs, _ = env.reset(seed=seed + e)
+            ret, n, reward = 0.0, 0, 0.0
+            with client.session(target_return) as s:
+                while n < limit:
+                    t0 = time.perf_counter()
+                    action = s.act(obs, reward)
+                    lat.append(time.perf_counter() - t0)
+                    obs, reward, terminated, truncated, _ = env.step(action)
+                    ret, n = ret + float(reward), n + 1
+                    if terminated or truncated:
+                        break
+            returns.append(ret)
+            lengths.append(n)
+            on_episode(ret, n)
+        return returns, lengths, lat
+    finally:
+        env.close()
+
+
+def _run_vector(client, info, env_id, episodes, target_return, seed, on_episode, num_envs):
+    import gymnasium as gym
+
+    M = num_envs
+    # SAME_STEP: when a sub-env's episode ends, step() already returns the next episode's
+    # first observation, which is exactly what the new session's step 0 needs.
+    envs = gym.vector.SyncVectorEnv([partial(make_env, env_id)] * M,
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    try:
+        check_compatible(info, env_id, envs)
+        A = int(np.prod(envs.single_action_space.shape))
+        limit = (envs.envs[0].spec.max_episode_steps if envs.envs[0].spec else None) \
+            or MAX_STEPS_WITHOUT_LIMIT
+        obs, _ = envs.reset(seed=seed)  # sub-env i gets seed + i
+        active = [i < episodes for i in range(M)]
+        started = sum(active)
+        returns, lengths, lat = [], [], []
+        ep_ret, ep_len, rewards = np.zeros(M), np.zeros(M, dtype=int), np.zeros(M)
+        with client.sessions(M, target_return) as batch:
+            for i in range(M):
+                if not active[i]:
+                    batch.sessions[i].__exit__(None)
+            while any(active):
+                idx = [i for i in range(M) if active[i]]
+                t0 = time.perf_counter()
+                acts = batch.act(obs[idx], rewards[idx], idx)  # (m, A)
+                lat.append(time.perf_counter() - t0)
+                full = np.zeros((M, A), dtype=np.float32)
+                full[idx] = acts
+                obs, rewards, terminated, truncated, _ = envs.step(full)
+                for i in idx:
+                    ep_ret[i] += rewards[i]
+                    ep_len[i] += 1
+                    if not (terminated[i] or truncated[i] or ep_len[i] >= limit):
+                        continue
+                    returns.append(float(ep_ret[i]))
+                    lengths.append(int(ep_len[i]))
+                    on_episode(returns[-1], lengths[-1])
+                    ep_ret[i], ep_len[i], rewards[i] = 0.0, 0, 0.0
+                    if started < episodes:
+                        batch.reset(i)
+                        started += 1
+                    else:
+                        active[i] = False
+                        batch.sessions[i].__exit__(None)
+        return returns, lengths, lat
+    finally:
+        envs.close()

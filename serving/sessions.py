@@ -1,0 +1,345 @@
+"""The server's core, in plain Python: one ContextWindow per session, step bookkeeping, expiry.
+
+No gRPC here: `vidt.serving.server` is a thin layer that turns `ServingError.code` into a gRPC
+status. The rules it implements (proto/vidt/v1/policy.proto):
+
+- A session is one episode. Its steps are numbered from 0; a request for the step already
+  answered gets the stored answer and appends nothing (a client may retry blindly), a request
+  for the step being computed waits for that computation, and any other index is refused
+  with FAILED_PRECONDITION naming the step expected.
+- A batch of steps (ActBatch) is all-or-nothing: every request is checked before any window
+  changes, and a failed inference changes none.
+- Sessions idle for `idle_timeout_s` are freed; NOT_FOUND says whether an id is unknown,
+  closed or expired, for the last `ended_memory` ids that ended.
+- Draining (shutdown) refuses new sessions with UNAVAILABLE; open episodes may still step,
+  so that a client can finish its episode within the server's grace period.
+
+Inference is injected (`infer(list[WindowInputs]) -> (n, A)`): a `Batcher` in the server,
+`policy.act_batch` or any function in tests and embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vidt.window import ContextWindow, WindowInputs
+
+Infer = Callable[[list[WindowInputs]], np.ndarray]
+
+
+class ServingError(Exception):
+    """A request the contract refuses. `code` is the gRPC status code's name."""
+
+    code = "INTERNAL"
+
+
+class InvalidArgument(ServingError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(ServingError):
+    code = "NOT_FOUND"
+
+
+class FailedPrecondition(ServingError):
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(ServingError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(ServingError):
+    code = "UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    session_id: str
+    step: int
+    observation: np.ndarray | Sequence[float]  # obs_dim values
+    reward: float = 0.0  # for the action of step - 1; ignored at step 0
+
+
+@dataclass(frozen=True)
+class StepResult:
+    session_id: str
+    step: int
+    action: np.ndarray  # (A,) float32, within the action bounds
+    return_to_go: float  # target return minus the rewards reported so far
+
+
+@dataclass(frozen=True)
+class SessionCreated:
+    session_id: str
+    target_return: float
+    context_length: int
+    idle_timeout_s: int
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    steps: int
+    total_reward: float
+
+
+class _Pending:
+    """A step being computed: a retry of the same step waits for it instead of recomputing."""
+
+    __slots__ = ("step", "done", "result", "error")
+
+    def __init__(self, step: int):
+        self.step = step
+        self.done: threading.Event | None = None  # made by the first retry that must wait
+        self.result: StepResult | None = None
+        self.error: ServingError | None = None
+
+    def finish(self) -> None:  # with the store's lock held
+        if self.done is not None:
+            self.done.set()
+
+
+class _Session:
+    __slots__ = ("id", "window", "last_used", "last", "pending")
+
+    def __init__(self, sid: str, window: ContextWindow, now: float):
+        self.id, self.window, self.last_used = sid, window, now
+        self.last: StepResult | None = None  # the answer to the last step (for retries)
+        self.pending: _Pending | None = None
+
+
+def _clone(window: ContextWindow) -> ContextWindow:
+    """A copy to step on, so that a failed inference leaves the session's window untouched.
+    The window's arrays are replaced, never written in place, so copying its deques (at most
+    eval_len references each) is enough: a few microseconds."""
+    w = object.__new__(type(window))
+    w.__dict__ = {k: v.copy() if type(v) is deque else v for k, v in window.__dict__.items()}
+    return w
+
+
+class SessionStore:
+    """Thread-safe sessions over one policy. `metadata` needs obs_dim, act_dim, context_len,
+    eval_context_len, default_target_return, action_low and action_high (a PolicyMetadata)."""
+
+    def __init__(self, metadata, infer: Infer, *, max_sessions: int = 1024,
+                 idle_timeout_s: float = 300.0, clock: Callable[[], float] = time.monotonic,
+                 ended_memory: int = 65536):
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
+        if not idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
+        self.meta = metadata
+        self.infer = infer
+        self.max_sessions = int(max_sessions)
+        self.idle_timeout_s = float(idle_timeout_s)
+        self.clock = clock
+        self._low = np.asarray(metadata.action_low, dtype=np.float32)
+        self._high = np.asarray(metadata.action_high, dtype=np.float32)
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _Session] = {}
+        # id -> "closed" | "expired", bounded: NOT_FOUND can say why for recent ids.
+        self._ended: OrderedDict[str, str] = OrderedDict()
+        self._ended_memory = int(ended_memory)
+        self._draining = False
+        self.created_total = 0
+        self.closed_total = 0
+        self.expired_total = 0
+        self.steps_total = 0
+
+    # ---- sessions ---------------------------------------------------------------------
+    @property
+    def active(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def drain(self) -> None:
+        """Refuse new sessions from now on (shutdown); open sessions may still step."""
+        self._draining = True
+
+    def create(self, target_return: float | None = None) -> SessionCreated:
+        if target_return is None:
+            target_return = float(self.meta.default_target_return)
+        elif not math.isfinite(target_return):
+            raise InvalidArgument(f"target_return must be finite, got {target_return}")
+        m = self.meta
+        with self._lock:
+            if self._draining:
+                raise Unavailable("server is draining for shutdown: no new sessions")
+            if len(self._sessions) >= self.max_sessions:
+                self._expire_locked(self.clock())
+            if len(self._sessions) >= self.max_sessions:
+                raise ResourceExhausted(
+                    f"session limit reached ({self.max_sessions} open): close finished "
+                    f"sessions, or wait for idle ones to expire after {self.idle_timeout_s:g} s")
+            sid = secrets.token_urlsafe(12)
+            window = ContextWindow(m.obs_dim, m.act_dim, m.context_len, m.eval_context_len,
+                                   float(target_return))
+            self._sessions[sid] = _Session(sid, window, self.clock())
+            self.created_total += 1
+        return SessionCreated(sid, float(target_return), int(m.context_len),
+                              int(math.ceil(self.idle_timeout_s)))
+
+    def close(self, session_id: str) -> SessionSummary:
+        with self._lock:
+            s = self._get_locked(session_id, self.clock())
+            del self._sessions[session_id]
+            self._remember_locked(session_id, "closed")
+            self.closed_total += 1
+        return SessionSummary(steps=s.window.step, total_reward=s.window.total_reward)
+
+    def expire_idle(self) -> int:
+        """Free the sessions idle longer than the timeout; returns how many."""
+        with self._lock:
+            return self._expire_locked(self.clock())
+
+    # ---- steps ------------------------------------------------------------------------
+    def act(self, request: StepRequest) -> StepResult:
+        return self._act([request], batch=False)[0]
+
+    def act_batch(self, requests: Sequence[StepRequest]) -> list[StepResult]:
+        """One step each for distinct sessions, all-or-nothing; errors name the bad index."""
+        if not requests:
+            raise InvalidArgument("empty batch: ActBatch needs at least one request")
+        return self._act(list(requests), batch=True)
+
+    def _act(self, requests: list[StepRequest], batch: bool) -> list[StepResult]:
+        S = self.meta.obs_dim
+        where = (lambda i: f"requests[{i}]: ") if batch else (lambda i: "")
+        # Check everything that does not need the lock first.
+        observations = []
+        for i, r in enumerate(requests):
+            obs = np.asarray(r.observation, dtype=np.float32).reshape(-1)
+            if obs.shape[0] != S:
+                raise InvalidArgument(f"{where(i)}observation has {obs.shape[0]} values, "
+                                      f"expected {S}")
+            if not np.isfinite(obs).all():
+                raise InvalidArgument(f"{where(i)}observation has NaN or infinite values")
+            if not math.isfinite(r.reward):
+                raise InvalidArgument(f"{where(i)}reward must be finite, got {r.reward}")
+            observations.append(obs)
+        if batch:
+            seen: dict[str, int] = {}
+            for i, r in enumerate(requests):
+                if r.session_id in seen:
+                    raise InvalidArgument(f"requests[{i}]: session {r.session_id!r} repeats "
+                                          f"requests[{seen[r.session_id]}]; a batch steps "
+                                          "distinct sessions")
+                seen[r.session_id] = i
+
+        # Decide what each request is (stored answer, in flight, new) before changing anything.
+        results: list[StepResult | None] = [None] * len(requests)
+        waits: list[tuple[int, _Pending]] = []
+        new: list[tuple[int, _Session, _Pending, ContextWindow, WindowInputs]] = []
+        with self._lock:
+            now = self.clock()
+            plan = []
+            for i, r in enumerate(requests):
+                try:
+                    s = self._get_locked(r.session_id, now)
+                except NotFound as e:
+                    raise NotFound(f"{where(i)}{e}") from None
+                if s.pending is not None and r.step == s.pending.step:
+                    plan.append(("wait", s))
+                elif s.pending is None and s.last is not None and r.step == s.last.step:
+                    plan.append(("stored", s))
+                elif s.pending is None and r.step == s.window.step:
+                    plan.append(("new", s))
+                else:
+                    expected = s.pending.step + 1 if s.pending else s.window.step
+                    answered = f"; step {s.last.step} was the last answered" if s.last else ""
+                    raise FailedPrecondition(
+                        f"{where(i)}session {r.session_id!r}: step {r.step} is out of order, "
+                        f"expected step {expected}{answered}")
+            for i, ((kind, s), r) in enumerate(zip(plan, requests)):
+                s.last_used = now
+                if kind == "stored":
+                    results[i] = s.last
+                elif kind == "wait":
+                    if s.pending.done is None:
+                        s.pending.done = threading.Event()
+                    waits.append((i, s.pending))
+                else:
+                    w = _clone(s.window)
+                    inputs = w.observe(observations[i], r.reward)
+                    s.pending = _Pending(r.step)
+                    new.append((i, s, s.pending, w, inputs))
+
+        if new:
+            self._run(new, results)
+        for i, p in waits:
+            p.done.wait()
+            if p.error is not None:
+                raise p.error
+            results[i] = p.result
+        return results  # type: ignore[return-value]
+
+    def _run(self, new, results) -> None:
+        try:
+            actions = np.asarray(self.infer([inp for *_, inp in new]), dtype=np.float32)
+            if actions.shape != (len(new), self.meta.act_dim):
+                raise ValueError(f"inference returned shape {actions.shape}, expected "
+                                 f"{(len(new), self.meta.act_dim)}")
+        except Exception as e:
+            err = ServingError(f"inference failed: {type(e).__name__}: {e}")
+            with self._lock:
+                for _, s, p, _, _ in new:
+                    s.pending = None  # the window is untouched: the client may retry
+                    p.error = err
+                    p.finish()
+            raise err from e
+        # np.clip costs ~15 us on tiny arrays; two ufuncs cost ~2 us.
+        actions = np.minimum(np.maximum(actions, self._low), self._high)
+        with self._lock:
+            now = self.clock()
+            for j, (i, s, p, w, _) in enumerate(new):
+                w.record_action(actions[j])
+                res = StepResult(s.id, p.step, actions[j].copy(), float(w.return_to_go))
+                s.window, s.last, s.pending, s.last_used = w, res, None, now
+                p.result = res
+                p.finish()
+                results[i] = res
+            self.steps_total += len(new)
+
+    # ---- internals (hold self._lock) -----------------------------------------------------
+    def _get_locked(self, sid: str, now: float) -> _Session:
+        s = self._sessions.get(sid)
+        if s is not None and s.pending is None and now - s.last_used > self.idle_timeout_s:
+            self._expire_one_locked(s)
+            s = None
+        if s is None:
+            why = self._ended.get(sid)
+            if why == "closed":
+                raise NotFound(f"session {sid!r} was closed")
+            if why == "expired":
+                raise NotFound(f"session {sid!r} expired (idle for more than "
+                               f"{self.idle_timeout_s:g} s)")
+            raise NotFound(f"unknown session {sid!r}")
+        return s
+
+    def _expire_locked(self, now: float) -> int:
+        idle = [s for s in self._sessions.values()
+                if s.pending is None and now - s.last_used > self.idle_timeout_s]
+        for s in idle:
+            self._expire_one_locked(s)
+        return len(idle)
+
+    def _expire_one_locked(self, s: _Session) -> None:
+        del self._sessions[s.id]
+        self._remember_locked(s.id, "expired")
+        self.expired_total += 1
+
+    def _remember_locked(self, sid: str, why: str) -> None:
+        self._ended[sid] = why
+        while len(self._ended) > self._ended_memory:
+            self._ended.popitem(last=False)

@@ -1,0 +1,436 @@
+"""The gRPC server and client against real servers on loopback ports, with a real ONNX file
+loaded by OnnxPolicy: every RPC and every status code of proto/vidt/v1/policy.proto."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from serving_util import (
+    free_port,
+    health_status,
+    make_policy_onnx,
+    running_server,
+    self_signed_cert,
+)
+
+from vidt.errors import ConfigError
+from vidt.serving.client import PolicyClient, ServerError
+from vidt.serving.runtime import OnnxPolicy
+from vidt.serving.server import PolicyServer, ServerConfig, message_limits
+from vidt.v1 import policy_pb2 as pb
+
+C = grpc.StatusCode
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    path = make_policy_onnx(tmp_path_factory.mktemp("model") / "tiny.onnx", obs_dim=3,
+                            act_dim=2, K=4, eval_len=3, default_target_return=10.0)
+    return OnnxPolicy(path, provider="cpu", intra_op_threads=1)
+
+
+@pytest.fixture(scope="module")
+def server(policy):
+    with running_server(policy, idle_timeout_s=60, metrics_port=0) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server):
+    with PolicyClient(server.address, timeout_s=5) as c:
+        yield c
+
+
+def episode(n=8, S=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, S)).astype(np.float32), rng.normal(size=n)
+
+
+def local_actions(policy, obs, rew, target_return=None):
+    policy.reset(target_return)
+    return np.stack([policy.act(o, r) for o, r in zip(obs, rew)])
+
+
+def code_of(excinfo) -> grpc.StatusCode:
+    return excinfo.value.code
+
+
+# ---- info, health, reflection ---------------------------------------------------------------
+
+
+def test_policy_info(client, policy):
+    info = client.info()
+    m = policy.metadata
+    assert info.model_name == m.model_name and info.model_version == m.model_version
+    assert (info.observation_dim, info.action_dim, info.context_length) == (3, 2, 4)
+    assert list(info.action_low) == [-1.0, -1.0] and list(info.action_high) == [1.0, 1.0]
+    assert info.default_target_return == 10.0 and info.max_episode_steps == 0
+    assert info.execution_provider == "CPUExecutionProvider"
+
+
+def test_health_for_both_names_and_reflection(server):
+    for name in ("", "vidt.v1.PolicyService"):
+        assert health_status(server.address, name) == "SERVING"
+    with pytest.raises(grpc.RpcError) as e:
+        health_status(server.address, "no.such.Service")
+    assert e.value.code() == C.NOT_FOUND
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(server.address) as ch:
+        db = ProtoReflectionDescriptorDatabase(ch)
+        services = db.get_services()
+        assert "vidt.v1.PolicyService" in services and "grpc.health.v1.Health" in services
+        assert db.FindFileContainingSymbol("vidt.v1.PolicyService").name == "vidt/v1/policy.proto"
+
+
+def test_health_is_not_serving_before_start(policy):
+    srv = PolicyServer(policy, ServerConfig(port=0))
+    try:
+        srv._grpc.start()  # transport up, model not yet warmed up and declared
+        assert health_status(srv.address, "") == "NOT_SERVING"
+        assert health_status(srv.address, "vidt.v1.PolicyService") == "NOT_SERVING"
+    finally:
+        srv.stop()
+
+
+# ---- the three ways to step an episode ---------------------------------------------------------
+
+
+def test_act_stream_and_batch_equal_local_onnxruntime(client, policy):
+    obs, rew = episode(n=8)
+    want = local_actions(policy, obs, rew, target_return=7.0)
+    with client.session(target_return=7.0) as s:
+        assert s.target_return == 7.0 and s.context_length == 4 and s.idle_timeout_s == 60
+        got = np.stack([s.act(o, r) for o, r in zip(obs, rew)])
+        assert s.return_to_go == pytest.approx(7.0 - rew[1:].sum(), rel=1e-6)
+        steps, total = s.close()
+    assert (steps, total) == (8, pytest.approx(rew[1:].sum()))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+    with client.stream(target_return=7.0) as s:
+        got = np.stack([s.act(o, r) for o, r in zip(obs, rew)])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+    # Three sessions in one ActBatch, each its own episode: batched = unbatched within 1e-5.
+    eps = [episode(n=8, seed=k) for k in range(3)]
+    wants = [local_actions(policy, o, r, target_return=7.0) for o, r in eps]
+    with client.sessions(3, target_return=7.0) as b:
+        got = np.stack([b.act([e[0][t] for e in eps], [e[1][t] for e in eps])
+                        for t in range(8)], axis=1)  # (3, T, A)
+    np.testing.assert_allclose(got, np.stack(wants), atol=1e-5)
+
+
+def test_concurrent_sessions_are_batched_and_equal_unbatched(policy):
+    n, T = 12, 6
+    eps = [episode(n=T, seed=10 + k) for k in range(n)]
+    wants = [local_actions(policy, o, r) for o, r in eps]
+    with running_server(policy, max_batch=64, batch_window_us=2000) as srv:
+        results, errors = [None] * n, []
+        barrier = threading.Barrier(n)
+
+        def run(k):
+            try:
+                with PolicyClient(srv.address, timeout_s=10) as c, c.session() as s:
+                    barrier.wait(10)
+                    results[k] = np.stack([s.act(o, r) for o, r in zip(*eps[k])])
+            except Exception as e:  # surfaced below
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert srv.batcher.rows == n * T  # (the warm-up call bypasses the batcher)
+        assert srv.batcher.batches < n * T  # some steps of different sessions shared a call
+    for got, want in zip(results, wants):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# ---- status codes ----------------------------------------------------------------------------
+
+
+def test_repeated_step_gets_the_same_answer(client, policy):
+    obs, rew = episode(n=4)
+    with client.session() as s:
+        a0 = s.act(obs[0])
+        raw = client.call("Act", pb.ActRequest(session_id=s.id, step=0, observation=obs[0]))
+        np.testing.assert_array_equal(np.asarray(raw.action, np.float32), a0)
+        rest = [s.act(o, r) for o, r in zip(obs[1:], rew[1:])]
+        assert s.close()[0] == 4  # nothing appended twice
+    np.testing.assert_allclose(np.stack([a0, *rest]), local_actions(policy, obs, rew), atol=1e-6)
+
+
+def test_invalid_argument(client):
+    with client.session() as s:
+        for bad, match in [([1.0, 2.0], "observation has 2 values, expected 3"),
+                           ([1.0, float("nan"), 0.0], "NaN or infinite"),
+                           ([float("inf"), 0.0, 0.0], "NaN or infinite")]:
+            with pytest.raises(ServerError, match=match) as e:
+                s.act(bad)
+            assert code_of(e) == C.INVALID_ARGUMENT
+        assert s.step == 0
+    with pytest.raises(ServerError, match="target_return must be finite") as e:
+        client.session(target_return=float("nan"))
+    assert code_of(e) == C.INVALID_ARGUMENT
+    with pytest.raises(ServerError, match="empty batch") as e:
+        client.call("ActBatch", pb.ActBatchRequest())
+    assert code_of(e) == C.INVALID_ARGUMENT
+
+
+def test_act_batch_is_all_or_nothing(client):
+    obs, _ = episode(n=2)
+    with client.sessions(3) as b:
+        ids = [s.id for s in b.sessions]
+        reqs = [pb.ActRequest(session_id=i, step=0, observation=obs[0]) for i in ids]
+        reqs[2].step = 5
+        with pytest.raises(ServerError, match=r"requests\[2\].*expected step 0") as e:
+            client.call("ActBatch", pb.ActBatchRequest(requests=reqs))
+        assert code_of(e) == C.FAILED_PRECONDITION
+        dup = [reqs[0], reqs[1], reqs[0]]
+        with pytest.raises(ServerError, match=r"requests\[2\].*repeats requests\[0\]") as e:
+            client.call("ActBatch", pb.ActBatchRequest(requests=dup))
+        assert code_of(e) == C.INVALID_ARGUMENT
+        # No session moved: all three still take step 0.
+        assert b.act([obs[0]] * 3).shape == (3, 2)
+        assert [s.step for s in b.sessions] == [1, 1, 1]
+
+
+def test_not_found_unknown_and_closed(client):
+    obs, _ = episode(n=1)
+    with pytest.raises(ServerError, match="unknown session 'nope'") as e:
+        client.call("Act", pb.ActRequest(session_id="nope", step=0, observation=obs[0]))
+    assert code_of(e) == C.NOT_FOUND
+    s = client.session()
+    s.close()
+    with pytest.raises(ServerError, match="was closed") as e:
+        s.act(obs[0])
+    assert code_of(e) == C.NOT_FOUND
+    with pytest.raises(ServerError, match="was closed") as e:
+        client.call("CloseSession", pb.CloseSessionRequest(session_id=s.id))
+    assert code_of(e) == C.NOT_FOUND
+
+
+def test_failed_precondition_names_expected_step(client):
+    obs, _ = episode(n=3)
+    with client.session() as s:
+        s.act(obs[0])
+        with pytest.raises(ServerError, match="expected step 1") as e:
+            client.call("Act", pb.ActRequest(session_id=s.id, step=2, observation=obs[1]))
+        assert code_of(e) == C.FAILED_PRECONDITION
+
+
+def test_stream_answers_in_order_and_fails_with_the_status(client):
+    obs, rew = episode(n=5)
+    with client.session() as s:
+        reqs = [pb.ActRequest(session_id=s.id, step=t, observation=obs[t], reward=rew[t])
+                for t in range(5)]
+        answers = list(client.stub.ActStream(iter(reqs), timeout=5))
+        assert [a.step for a in answers] == [0, 1, 2, 3, 4]
+        bad = [pb.ActRequest(session_id=s.id, step=5, observation=obs[0]),
+               pb.ActRequest(session_id=s.id, step=9, observation=obs[0])]
+        it = client.stub.ActStream(iter(bad), timeout=5)
+        assert next(it).step == 5
+        with pytest.raises(grpc.RpcError) as e:
+            next(it)
+        assert e.value.code() == C.FAILED_PRECONDITION and "expected step 6" in e.value.details()
+
+
+def test_resource_exhausted_and_message_size(policy):
+    with running_server(policy, max_sessions=2) as srv, PolicyClient(srv.address) as c:
+        c.session()
+        c.session()
+        with pytest.raises(ServerError, match="session limit reached") as e:
+            c.session()
+        assert code_of(e) == C.RESOURCE_EXHAUSTED
+        recv, _ = message_limits(3, 2, 1024)
+        huge = pb.ActRequest(session_id="x", step=0, observation=[0.0] * (recv // 4 + 10))
+        with pytest.raises(ServerError) as e:
+            c.call("Act", huge, retry=False)
+        assert code_of(e) == C.RESOURCE_EXHAUSTED
+
+
+def test_idle_sessions_expire_and_are_counted(policy):
+    obs, _ = episode(n=2)
+    with running_server(policy, idle_timeout_s=0.3, metrics_port=0) as srv, \
+            PolicyClient(srv.address) as c:
+        s = c.session()
+        s.act(obs[0])
+        time.sleep(0.8)  # the sweeper runs every 75 ms here
+        assert srv.store.active == 0 and srv.store.expired_total == 1
+        with pytest.raises(ServerError, match=r"expired \(idle for more than 0.3 s\)") as e:
+            s.act(obs[1])
+        assert code_of(e) == C.NOT_FOUND
+        text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics",
+                                      timeout=5).read().decode()
+        assert "vidt_sessions_expired_total 1.0" in text
+        assert 'vidt_errors_total{code="NOT_FOUND",method="Act"} 1.0' in text
+
+
+def test_metrics(server, client):
+    obs, _ = episode(n=2)
+    with client.session() as s:
+        s.act(obs[0])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics",
+                                      timeout=5).read().decode()
+    assert 'vidt_requests_total{code="OK",method="Act"}' in text
+    assert 'vidt_requests_total{code="OK",method="CreateSession"}' in text
+    assert 'vidt_act_latency_seconds_count{method="Act"}' in text
+    assert "vidt_batch_size_count" in text
+    assert "vidt_active_sessions" in text
+
+
+def test_draining_refuses_new_sessions_and_lets_open_ones_finish(policy):
+    obs, _ = episode(n=3)
+    with running_server(policy) as srv, PolicyClient(srv.address, retries=0) as c:
+        s = c.session()
+        s.act(obs[0])
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (srv.drain(grace_s=10), done.set()))
+        t.start()
+        deadline = time.monotonic() + 5
+        while not srv.store.draining and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert health_status(srv.address, "") == "NOT_SERVING"
+        assert health_status(srv.address, "vidt.v1.PolicyService") == "NOT_SERVING"
+        with pytest.raises(ServerError, match="draining") as e:
+            c.session()
+        assert code_of(e) == C.UNAVAILABLE
+        s.act(obs[1])  # the open episode goes on
+        assert not done.is_set()
+        s.close()  # the last session closed: the drain ends without waiting out the grace
+        t.join(5)
+        assert done.is_set()
+
+
+# ---- retries ---------------------------------------------------------------------------------
+
+
+class SlowOnce:
+    """The real policy, slower than the client's deadline on its first `predict` after
+    arming (a stalled accelerator): the client's retry must not append the step twice."""
+
+    def __init__(self, policy, delay_s):
+        self.policy, self.delay_s, self.armed = policy, delay_s, False
+        self.metadata, self.provider = policy.metadata, policy.provider
+
+    def predict(self, inputs):
+        if self.armed:
+            self.armed = False
+            time.sleep(self.delay_s)
+        return self.policy.predict(inputs)
+
+
+def test_retry_on_deadline_exceeded_keeps_the_step(policy):
+    obs, rew = episode(n=3)
+    slow = SlowOnce(policy, delay_s=0.6)
+    with running_server(slow) as srv, PolicyClient(srv.address, timeout_s=0.25) as c:
+        with c.session() as s:
+            a = [s.act(obs[0])]
+            slow.armed = True
+            a.append(s.act(obs[1], rew[1]))  # first attempt times out, a retry gets it
+            a.append(s.act(obs[2], rew[2]))
+            assert s.step == 3
+            assert s.close()[0] == 3
+        assert c.retried >= 1  # the deadline really passed at least once
+        assert srv.store.steps_total == 3  # and the retried step ran once
+    np.testing.assert_allclose(np.stack(a), local_actions(policy, obs, rew), atol=1e-6)
+
+
+def test_retry_on_unavailable_until_the_server_is_up(policy):
+    port = free_port()
+    holder = {}
+
+    def start_later():
+        time.sleep(0.3)
+        holder["srv"] = PolicyServer(policy, ServerConfig(port=port))
+        holder["srv"].start()
+
+    t = threading.Thread(target=start_later)
+    t.start()
+    try:
+        with PolicyClient(f"127.0.0.1:{port}", timeout_s=2) as c:
+            assert c.info().observation_dim == 3  # refused at first, then answered
+            assert c.retried >= 1
+    finally:
+        t.join(10)
+        holder["srv"].stop()
+    with PolicyClient(f"127.0.0.1:{free_port()}", retries=1, backoff_s=0.01) as c:
+        with pytest.raises(ServerError) as e:
+            c.info()
+        assert code_of(e) == C.UNAVAILABLE
+
+
+# ---- security and binding ----------------------------------------------------------------------
+
+
+def test_bearer_token_guards_unary_and_streaming_calls(policy):
+    token = "s3cret-token"
+    obs, _ = episode(n=2)
+    with running_server(policy, auth_token=token, metrics_port=0) as srv:
+        with PolicyClient(srv.address, retries=0) as anon:
+            with pytest.raises(ServerError, match="bearer token") as e:
+                anon.info()
+            assert code_of(e) == C.UNAUTHENTICATED
+            with pytest.raises(ServerError) as e:
+                anon.session()
+            assert code_of(e) == C.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as e2:
+                next(anon.stub.ActStream(iter([pb.ActRequest(session_id="x")]), timeout=5))
+            assert e2.value.code() == C.UNAUTHENTICATED
+            assert token not in e2.value.details()
+        with PolicyClient(srv.address, token="wrong", retries=0) as bad:
+            with pytest.raises(ServerError) as e:
+                bad.info()
+            assert code_of(e) == C.UNAUTHENTICATED
+        with PolicyClient(srv.address, token=token) as ok:
+            assert ok.info().action_dim == 2
+            with ok.stream() as s:
+                assert s.act(obs[0]).shape == (2,)
+        assert health_status(srv.address) == "SERVING"  # probes need no token
+        assert token not in repr(srv.config)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics",
+                                      timeout=5).read().decode()
+        assert 'vidt_errors_total{code="UNAUTHENTICATED",method="GetPolicyInfo"} 2.0' in text
+
+
+def test_tls_with_a_certificate_made_here(policy, tmp_path):
+    made = self_signed_cert(tmp_path)
+    if made is None:
+        pytest.skip("neither the `cryptography` package nor the `openssl` command is available "
+                    "to make a test certificate")
+    cert, key = made
+    obs, _ = episode(n=2)
+    with running_server(policy, tls_cert=str(cert), tls_key=str(key)) as srv:
+        address = f"localhost:{srv.port}"
+        with PolicyClient(address, tls=cert) as c, c.session() as s:
+            assert s.act(obs[0]).shape == (2,)
+        with PolicyClient(address, retries=0) as plain:  # plaintext to a TLS port fails
+            with pytest.raises(ServerError) as e:
+                plain.info()
+            assert code_of(e) == C.UNAVAILABLE
+        creds = grpc.ssl_channel_credentials(cert.read_bytes())
+        assert health_status(address, "", credentials=creds) == "SERVING"
+
+
+def test_second_server_on_the_same_port_fails(server, policy):
+    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{server.port}"):
+        PolicyServer(policy, ServerConfig(port=server.port))
+
+
+def test_config_refuses_non_loopback_without_tls_or_token():
+    with pytest.raises(ConfigError, match="beyond loopback"):
+        ServerConfig(host="0.0.0.0")
+    ServerConfig(host="0.0.0.0", insecure=True)
+    ServerConfig(host="0.0.0.0", auth_token="t")
+    ServerConfig(host="::1")
+    with pytest.raises(ConfigError, match="both --tls-cert and --tls-key"):
+        ServerConfig(tls_cert="a.pem")
