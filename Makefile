@@ -6,7 +6,9 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 
-.PHONY: install test lint proto bench demo clean
+.PHONY: install test lint proto bench soak demo clean
+
+SOAK_SECONDS ?= 600
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +33,10 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/collect_speed.py
+
+# A longer load and fault run against a real server; not part of CI.
+soak: $(STAMP)
+	$(BIN)/python scripts/soak.py --duration $(SOAK_SECONDS)
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

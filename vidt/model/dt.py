@@ -222,6 +222,14 @@ class TwinCritic(nn.Module):
         x = self._act(self.l2(x))
         return self.l3(x).reshape(self.n, *lead)  # (n, ...)
 
+    def q1(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The first head only (the actor's RL term needs no Q2): (...)."""
+        lead = states.shape[:-1]
+        x = torch.cat([states, actions], dim=-1).reshape(-1, states.shape[-1] + actions.shape[-1])
+        x = self._act(torch.addmm(self.l1.bias[0], x, self.l1.weight[0]))  # (N, hidden)
+        x = self._act(torch.addmm(self.l2.bias[0], x, self.l2.weight[0]))
+        return torch.addmm(self.l3.bias[0], x, self.l3.weight[0]).reshape(lead)
+
 
 class Actor(nn.Module):
     """The transformer with its normalisation and bounds: raw observations and returns in,
@@ -264,8 +272,19 @@ class Actor(nn.Module):
         timesteps: torch.Tensor | None = None,  # (B, K) long, only with timestep_embedding
     ) -> torch.Tensor:
         """Action for the last step of each window, within the action bounds: (B, A)."""
-        s = self.normalize_states(observations) * mask.unsqueeze(-1)
-        a = self.to_unit(actions) * mask.unsqueeze(-1)
-        r = returns_to_go * self.reward_scale * mask
+        s, a, r = self.network_inputs(observations, actions, returns_to_go, mask)
         out = self.model(s, a, r, mask, timesteps)  # (B, K, A) in [-1, 1]
         return self.from_unit(out[:, -1])  # (B, A)
+
+    def network_inputs(self, observations, actions, returns_to_go, mask):
+        """Raw values -> the transformer's inputs; padding slots become exactly zero."""
+        s = self.normalize_states(observations) * mask.unsqueeze(-1)  # (B, K, S)
+        a = self.to_unit(actions) * mask.unsqueeze(-1)  # (B, K, A)
+        r = returns_to_go * self.reward_scale * mask  # (B, K)
+        return s, a, r
+
+    def sample(self, observations, actions, returns_to_go, mask, timesteps=None) -> torch.Tensor:
+        """A sampled action for the last step (stochastic head: ODT's exploration). (B, A)"""
+        s, a, r = self.network_inputs(observations, actions, returns_to_go, mask)
+        dist = self.model.distribution(s, a, r, mask, timesteps)
+        return self.from_unit(dist.rsample()[:, -1])  # (B, A)

@@ -1,0 +1,118 @@
+"""`vidt train`: offline pretraining, then online finetuning (vidt | odt | td3)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--env", "env_id", default=None, help="Gymnasium env id, e.g. Pendulum-v1 or vidt/OneState-v0.")
+@click.option("--dataset", default=None,
+              help="Offline data: Minari dir or id, or D4RL .hdf5 file. Optional for vidt/OneState-v0.")
+@click.option("--algo", type=click.Choice(["vidt", "odt", "td3"]), default=None,
+              help="Algorithm  [default: vidt]")
+@click.option("--preset", type=click.Choice(["tiny", "small", "paper"]), default=None,
+              help="Model and budget size: tiny (tests), small (CPU), paper (GPU)  [default: small]")
+@click.option("--online-steps", type=click.IntRange(min=0), default=None, help="Online env-step budget.")
+@click.option("--pretrain-updates", type=click.IntRange(min=0), default=None,
+              help="Offline actor updates before going online.")
+@click.option("--seed", type=int, default=None, help="Random seed  [default: 0]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="auto: CUDA when available  [default: auto]")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML file of config values ([model], [online], ... tables).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any config field, e.g. --set model.d_model=64 (repeatable).")
+@click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("--force", is_flag=True, help="Start over in a non-empty --out (replaces our files only).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config as JSON and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, device, config_file,
+          sets, out, resume, force, dry_run, as_json, no_progress):
+    """Pretrain a decision transformer offline, then finetune it online.
+
+    \b
+    Examples:
+      vidt train --env vidt/OneState-v0 --preset tiny --out runs/onestate
+      vidt train --env Pendulum-v1 --dataset data/pendulum --preset small --out runs/p
+      vidt train --env Pendulum-v1 --dataset data/pendulum --set model.d_model=128 --out runs/p2
+
+    The run directory gets config.json, metrics.csv, TensorBoard events (tb/),
+    learning_curve.png, checkpoint.pt (resumable) and actor.pt (for `vidt export`).
+    Ctrl-C writes a checkpoint; `--resume` continues from it.
+    """
+    from vidt.errors import ConfigError
+    from vidt.train.config import TrainConfig, parse_set, read_toml, resolve
+
+    run_dir = Path(out)
+    overrides: dict = {}
+    if config_file:
+        overrides.update(read_toml(config_file))
+    flags = {"env_id": env_id, "dataset": dataset, "algo": algo, "preset": preset,
+             "online.online_steps": online_steps, "online.pretrain_updates": pretrain_updates,
+             "seed": seed, "device": device}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    overrides.update(parse_set(sets))
+    saved_path = run_dir / "config.json"
+    if resume and saved_path.exists():
+        # The run's own config, with only what was given again on top of it.
+        base = json.loads(saved_path.read_text())
+        cfg = resolve(base["env_id"], base["algo"], base["preset"],
+                      overrides={**_flat(base), **overrides})
+    else:
+        if resume:
+            raise ConfigError(f"{run_dir}: nothing to resume (no config.json); drop --resume")
+        if "env_id" not in overrides:
+            raise click.UsageError("--env is required (or env_id in --config)")
+        cfg = resolve(overrides["env_id"], overrides.get("algo", "vidt"),
+                      overrides.get("preset", "small"), overrides=overrides)
+    assert isinstance(cfg, TrainConfig)
+    if dry_run:
+        click.echo(cfg.to_json())
+        return
+
+    from vidt.train.trainer import train as run_train
+
+    result = run_train(cfg, run_dir, resume=resume, force=force,
+                       progress=not no_progress and not as_json)
+    summary = {
+        "run_dir": str(result.run_dir), "env_id": cfg.env_id, "algo": cfg.algo,
+        "online_env_steps": result.online_env_steps, "actor_updates": result.actor_updates,
+        "wall_time_s": round(result.wall_time_s, 2),
+        "final_eval_return_mean": result.final_eval_return_mean,
+        "final_eval_return_std": result.final_eval_return_std,
+        "final_normalized_score": result.final_normalized_score,
+        "interrupted": result.interrupted,
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        ev = result.final_eval_return_mean
+        click.echo(f"{'Interrupted' if result.interrupted else 'Done'}: {cfg.algo} on {cfg.env_id}, "
+                   f"{result.online_env_steps} online steps, {result.actor_updates} actor updates, "
+                   f"{result.wall_time_s:.1f} s; last eval return "
+                   f"{'-' if ev is None else f'{ev:.4g} ± {result.final_eval_return_std:.3g}'}",
+                   err=True)
+        if result.interrupted:
+            click.echo(f"Checkpoint written. Continue with: vidt train --out {run_dir} --resume",
+                       err=True)
+        else:
+            click.echo(f"Next: vidt export {run_dir}", err=True)
+    if result.interrupted:
+        sys.exit(130)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out

@@ -1,0 +1,218 @@
+"""Losses on hand-made batches, masks in every loss, TD targets, soft updates, LAMB."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vidt.model.dt import DecisionTransformer, ModelConfig, ModelSpec, TwinCritic
+from vidt.train.config import resolve
+from vidt.train.learner import Learner, soft_update
+from vidt.train.losses import (
+    Batch,
+    critic_loss,
+    deterministic_actor_loss,
+    masked_mean,
+    stochastic_actor_loss,
+    td_target,
+)
+from vidt.train.optim import Lamb, warmup_lambda
+
+SPEC = ModelSpec(obs_dim=2, act_dim=1)
+
+
+def _nets(stochastic=False):
+    torch.manual_seed(0)
+    cfg = ModelConfig(context_len=3, d_model=8, n_layer=1, n_head=2, dropout=0.0, stochastic=stochastic)
+    return DecisionTransformer(SPEC, cfg).eval(), TwinCritic(SPEC, hidden=8)
+
+
+def _batch():
+    """Two segments of K = 3; the second is left-padded by one step and ends terminally."""
+    g = torch.Generator().manual_seed(1)
+    mask = torch.tensor([[1.0, 1, 1], [0, 1, 1]])
+    m3 = mask[..., None]
+    return Batch(
+        states=torch.randn(2, 3, 2, generator=g) * m3,
+        actions=(torch.rand(2, 3, 1, generator=g) * 1.8 - 0.9) * m3,
+        rewards=torch.tensor([[1.0, 2, 3], [0, 4, 5]]),
+        next_states=torch.randn(2, 3, 2, generator=g) * m3,
+        rtg=torch.tensor([[6.0, 5, 3, 0], [0, 9, 5, 0]]) * 0.1,
+        terminals=torch.tensor([[0.0, 0, 0], [0, 0, 1]]),
+        mask=mask, timesteps=torch.tensor([[0, 1, 2], [0, 0, 1]]))
+
+
+def _garbage_in_padding(b: Batch) -> Batch:
+    pad = b.mask == 0
+    st, ac, ns, rw, tm = (x.clone() for x in (b.states, b.actions, b.next_states, b.rewards, b.terminals))
+    st[pad] = 50.0
+    ac[pad] = 0.7
+    ns[pad] = -30.0
+    rw[pad] = 1e4
+    tm[pad] = 1.0
+    rtg = b.rtg.clone()
+    rtg[:, :-1][pad] = 99.0
+    return dataclasses.replace(b, states=st, actions=ac, next_states=ns, rewards=rw, terminals=tm, rtg=rtg)
+
+
+def test_masked_mean_ignores_padding():
+    x = torch.tensor([[1.0, 2.0], [100.0, 4.0]])
+    assert masked_mean(x, torch.tensor([[1.0, 1.0], [0.0, 1.0]])).item() == pytest.approx(7 / 3)
+
+
+def test_vidt_actor_loss_by_hand():
+    model, critic = _nets()
+    b = _batch()
+    loss, info = deterministic_actor_loss(b, model, critic, supervised_coef=1.0, rl_coef=0.1)
+    pred = model(b.states, b.actions, b.rtg[:, :-1], b.mask)
+    real = b.mask.bool()
+    mse = ((pred - b.actions) ** 2)[real].mean()
+    q1 = critic(b.states, pred)[0][real].mean()
+    assert loss.item() == pytest.approx((mse - 0.1 * q1).item(), rel=1e-5)
+    assert info["supervised_loss"] == pytest.approx(mse.item(), rel=1e-5)
+    assert info["rl_loss"] == pytest.approx(-q1.item(), rel=1e-5)
+    # td3: the RL term only
+    loss_td3, _ = deterministic_actor_loss(b, model, critic, supervised_coef=0.0, rl_coef=0.1)
+    assert loss_td3.item() == pytest.approx((-0.1 * q1).item(), rel=1e-5)
+
+
+def test_odt_actor_and_temperature_loss_by_hand():
+    model, _ = _nets(stochastic=True)
+    b = _batch()
+    log_t = torch.tensor(math.log(0.1), requires_grad=True)
+    torch.manual_seed(3)
+    loss, temp_loss, info = stochastic_actor_loss(b, model, log_t, target_entropy=-1.0)
+    torch.manual_seed(3)
+    dist = model.distribution(b.states, b.actions, b.rtg[:, :-1], b.mask)
+    real = b.mask.bool()
+    ll = dist.log_prob(b.actions)[real].mean()
+    ent = dist.entropy()[real].mean()
+    assert loss.item() == pytest.approx((-ll - 0.1 * ent).item(), rel=1e-4)
+    assert temp_loss.item() == pytest.approx((0.1 * (ent + 1.0)).item(), rel=1e-4)
+    temp_loss.backward()  # the temperature's gradient has the sign of (entropy - target)
+    assert math.copysign(1, log_t.grad.item()) == math.copysign(1, (ent + 1.0).item())
+    assert info["temperature"] == pytest.approx(0.1)
+
+
+def test_td_target_terminal_vs_truncation():
+    model, critic = _nets()
+    b = _batch()
+    torch.manual_seed(0)
+    y = td_target(b, model, critic, gamma=0.9, policy_noise=0.0, noise_clip=0.5)
+    nxt = model(*b.target_inputs())
+    q_next = critic(b.next_states, nxt).min(0).values
+    expected = b.rewards + 0.9 * (1 - b.terminals) * q_next
+    torch.testing.assert_close(y, expected)
+    assert y[1, 2].item() == pytest.approx(5.0)  # terminal: no bootstrap
+    # the first segment's last step is a truncation (time limit): it bootstraps
+    assert y[0, 2].item() == pytest.approx(3.0 + 0.9 * q_next[0, 2].item(), rel=1e-5)
+
+
+def test_target_actor_gets_shifted_inputs_and_the_same_mask():
+    b = _batch()
+    s, a, r, m, t = b.target_inputs()
+    torch.testing.assert_close(s, b.next_states)
+    torch.testing.assert_close(a[:, :-1], b.actions[:, 1:] * b.mask[:, :-1, None])
+    assert (a[:, -1] == 0).all()
+    torch.testing.assert_close(r, b.rtg[:, 1:] * b.mask)
+    assert m is b.mask
+    torch.testing.assert_close(t, b.timesteps + 1)
+
+
+def test_padding_never_changes_any_loss():
+    for stochastic in (False, True):
+        model, critic = _nets(stochastic)
+        b, g = _batch(), _garbage_in_padding(_batch())
+        if stochastic:
+            log_t = torch.tensor(math.log(0.1))
+            torch.manual_seed(0)
+            l1, t1, _ = stochastic_actor_loss(b, model, log_t, -1.0)
+            torch.manual_seed(0)
+            l2, t2, _ = stochastic_actor_loss(g, model, log_t, -1.0)
+            assert l1.item() == pytest.approx(l2.item(), rel=1e-5)
+            assert t1.item() == pytest.approx(t2.item(), rel=1e-5)
+            continue
+        for coefs in ((1.0, 0.1), (0.0, 0.1), (1.0, 0.0)):
+            l1, _ = deterministic_actor_loss(b, model, critic, *coefs)
+            l2, _ = deterministic_actor_loss(g, model, critic, *coefs)
+            assert l1.item() == pytest.approx(l2.item(), rel=1e-5)
+        torch.manual_seed(0)
+        y1 = td_target(b, model, critic, 0.99, 0.2, 0.5)
+        torch.manual_seed(0)
+        y2 = td_target(g, model, critic, 0.99, 0.2, 0.5)
+        real = b.mask.bool()
+        torch.testing.assert_close(y1[real], y2[real])
+        assert critic_loss(b, critic, y1)[0].item() == pytest.approx(critic_loss(g, critic, y2)[0].item(), rel=1e-5)
+
+
+def test_soft_update_and_sync():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in a.parameters()]
+    soft_update(a, b, 0.005)
+    for p0, pa, pb in zip(before, a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, 0.995 * p0 + 0.005 * pb)
+    cfg = resolve("vidt/OneState-v0", "vidt", "tiny")
+    L = Learner(cfg, ModelSpec(1, 1), [0.0], [1.0], [-1.0], [1.0])
+    with torch.no_grad():
+        for p in L.actor.model.parameters():
+            p.add_(1.0)
+    L.sync_targets()
+    for p, q in zip(L.actor.model.parameters(), L.actor_target.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_lamb_matches_the_per_tensor_algorithm():
+    torch.manual_seed(0)
+    a = [torch.randn(5, 3, requires_grad=True), torch.zeros(3, requires_grad=True)]
+    b = [x.detach().clone() for x in a]
+    opt = Lamb(a, lr=1e-2, eps=1e-8, weight_decay=5e-4)
+    ms, vs = [torch.zeros_like(x) for x in b], [torch.zeros_like(x) for x in b]
+    for t in range(1, 6):
+        for ps in (a, b):
+            for p in ps:
+                p.grad = None
+        loss = ((a[0] @ torch.ones(3) + a[1].sum()) ** 2).sum()
+        loss.backward()
+        grads = [p.grad.clone() for p in a]
+        opt.step()
+        for i, (p, g) in enumerate(zip(b, grads)):
+            ms[i] = 0.9 * ms[i] + 0.1 * g
+            vs[i] = 0.999 * vs[i] + 0.001 * g * g
+            u = (ms[i] / (1 - 0.9**t)) / ((vs[i] / (1 - 0.999**t)).sqrt() + 1e-8) + 5e-4 * p
+            wn, un = p.norm(), u.norm()
+            ratio = wn / un if wn > 0 and un > 0 else 1.0
+            b[i] = p - 1e-2 * ratio * u
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.detach(), y, rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_is_linear_then_flat_and_applied_by_the_learner():
+    f = warmup_lambda(10)
+    assert [round(f(s), 2) for s in (0, 4, 9, 10, 100)] == [0.1, 0.5, 1.0, 1.0, 1.0]
+    cfg = resolve("vidt/OneState-v0", "odt", "tiny", overrides={"optim.warmup_steps": 4,
+                                                               "optim.actor_lr": 1e-3})
+    L = Learner(cfg, ModelSpec(1, 1), [0.0], [1.0], [-1.0], [1.0])
+    from vidt.data.builtin import onestate_episodes
+    from vidt.train.buffer import SegmentSampler
+
+    s = SegmentSampler(onestate_episodes(), 1, 1.0)
+    rng = np.random.default_rng(0)
+    lrs = [L.update(s, rng, rl=False)["lr"] for _ in range(6)]
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_grad_clip_bounds_the_actor_gradient():
+    cfg = resolve("vidt/OneState-v0", "vidt", "tiny", overrides={"optim.grad_clip": 1e-3})
+    L = Learner(cfg, ModelSpec(1, 1), [0.0], [1.0], [-1.0], [1.0])
+    from vidt.data.builtin import onestate_episodes
+    from vidt.train.buffer import SegmentSampler
+
+    L.update(SegmentSampler(onestate_episodes(), 1, 1.0), np.random.default_rng(0), rl=True)
+    norm = torch.norm(torch.stack([p.grad.norm() for p in L.actor.model.parameters() if p.grad is not None]))
+    assert norm.item() <= 1e-3 * 1.0001
+    # the actor's RL term never leaves gradients on the critic (its step comes first)
+    assert all(p.requires_grad for p in L.critic.parameters())

@@ -1,0 +1,426 @@
+"""Training configuration: frozen dataclasses, one per concern, resolved in one place.
+
+Resolution order (later wins): the env family's defaults (vidt.envs.get_family), the preset
+(tiny | small | paper), the algorithm's coefficients, a TOML file, then `key=value`
+overrides (dotted keys: `model.d_model=64`). Unknown keys, presets and algorithms raise
+ConfigError. The resolved config is plain data: `to_dict()` / `from_dict()` round-trip it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vidt.errors import ConfigError
+
+ALGOS = ("vidt", "odt", "td3")
+PRESETS = ("tiny", "small", "paper")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    context_len: int = 20  # K: steps of history per training segment (paper, MuJoCo)
+    eval_context_len: int = 5  # T_eval <= K: history used when acting (paper, MuJoCo)
+    d_model: int = 512  # paper width
+    n_layer: int = 4  # paper depth
+    n_head: int = 4  # paper heads
+    dropout: float = 0.1  # ODT's value
+    timestep_embedding: bool = False  # the paper uses no positional/timestep embedding
+    max_timestep: int = 4096  # size of the timestep table when the embedding is on
+    critic_hidden: int = 256  # TD3's 2 x 256 critic
+    critic_layernorm: bool = False  # paper: on for Adroit/AntMaze/Maze2D only
+
+    def __post_init__(self):
+        _check(self.context_len >= 1, f"model.context_len must be >= 1, got {self.context_len}")
+        _check(1 <= self.eval_context_len <= self.context_len,
+               f"model.eval_context_len must be in [1, context_len={self.context_len}], "
+               f"got {self.eval_context_len}")
+        _check(self.d_model >= 1 and self.n_head >= 1 and self.n_layer >= 1,
+               "model.d_model, n_head and n_layer must be >= 1")
+        _check(self.d_model % self.n_head == 0,
+               f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    reward_scale: float = 0.001  # RTG tokens = returns x this (locomotion returns are ~1e3)
+    buffer_episodes: int = 1000  # replay capacity in whole episodes (ODT)
+    batch_size: int = 256  # ODT/ViDT batch size
+
+    def __post_init__(self):
+        _check(self.reward_scale > 0, f"data.reward_scale must be > 0, got {self.reward_scale}")
+        _check(self.buffer_episodes >= 1, f"data.buffer_episodes must be >= 1, got {self.buffer_episodes}")
+        _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    actor_lr: float = 1e-4  # ODT's LAMB learning rate
+    weight_decay: float = 5e-4  # ODT's LAMB weight decay
+    eps: float = 1e-8  # ODT's LAMB epsilon
+    warmup_steps: int = 10000  # linear LR warmup over this many actor steps (ODT)
+    grad_clip: float = 0.25  # actor gradient-norm clip (ODT)
+    critic_lr: float = 1e-3  # TD3's value; the env family sets 2e-4 outside MuJoCo
+    critic_weight_decay: float = 0.0  # AdamW with 0 decay = TD3's Adam
+    temperature_lr: float = 1e-4  # ODT's Adam for the entropy temperature
+
+    def __post_init__(self):
+        for name in ("actor_lr", "critic_lr", "temperature_lr", "eps"):
+            _check(getattr(self, name) > 0, f"optim.{name} must be > 0, got {getattr(self, name)}")
+        _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.grad_clip > 0, f"optim.grad_clip must be > 0, got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class LossSection:
+    supervised_coef: float = 1.0  # weight of the DT loss (MSE or NLL); 0 for td3
+    rl_coef: float = 0.1  # alpha: weight of mean(-Q1) (paper's 0.1); 0 for odt
+    gamma: float = 0.99  # discount for the critic only (RTGs are undiscounted)
+    tau: float = 0.005  # soft target update rate (TD3)
+    policy_noise: float = 0.2  # target policy smoothing noise std, in [-1, 1] action units (TD3)
+    noise_clip: float = 0.5  # clip of that noise (TD3)
+    actor_update_interval: int = 2  # critic steps per actor step (TD3's delay; MuJoCo 2)
+    rl_from_start: bool = False  # RL term during offline pretraining too (AntMaze)
+    init_temperature: float = 0.1  # ODT's initial entropy temperature
+    target_entropy: float | None = None  # None: -act_dim (ODT)
+
+    def __post_init__(self):
+        _check(self.supervised_coef >= 0 and self.rl_coef >= 0,
+               "loss.supervised_coef and loss.rl_coef must be >= 0")
+        _check(0 <= self.gamma <= 1, f"loss.gamma must be in [0, 1], got {self.gamma}")
+        _check(0 < self.tau <= 1, f"loss.tau must be in (0, 1], got {self.tau}")
+        _check(self.actor_update_interval >= 1,
+               f"loss.actor_update_interval must be >= 1, got {self.actor_update_interval}")
+        _check(self.init_temperature > 0, "loss.init_temperature must be > 0")
+
+
+@dataclass(frozen=True)
+class OnlineSection:
+    pretrain_updates: int = 5000  # offline actor updates before going online (paper, MuJoCo)
+    online_steps: int = 500_000  # online env-step budget (paper)
+    min_steps_per_iter: int = 0  # transitions collected per iteration; 0 = one episode
+    updates_per_iter: int = 300  # actor updates per online iteration (ODT)
+    target_return: float = 0.0  # RTG the exploration episodes are conditioned on (family)
+    exploration_noise: float = 0.1  # Gaussian std on the deterministic head, [-1, 1] units (TD3)
+    max_episode_steps: int = 0  # 0: the env's own time limit
+    checkpoint_every: int = 1  # online iterations between checkpoints (and pretrain chunks)
+
+    def __post_init__(self):
+        for name in ("pretrain_updates", "online_steps", "min_steps_per_iter", "max_episode_steps"):
+            _check(getattr(self, name) >= 0, f"online.{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.updates_per_iter >= 1, f"online.updates_per_iter must be >= 1, got {self.updates_per_iter}")
+        _check(self.exploration_noise >= 0, "online.exploration_noise must be >= 0")
+        _check(self.checkpoint_every >= 1, "online.checkpoint_every must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    episodes: int = 10  # evaluation episodes per evaluation
+    every: int = 1  # online iterations between evaluations
+    target_return: float = 0.0  # RTG evaluation is conditioned on (family)
+    seed: int = 1_000_000  # eval env i is reset with seed + i: fixed, and apart from collection
+
+    def __post_init__(self):
+        _check(self.episodes >= 1, f"eval.episodes must be >= 1, got {self.episodes}")
+        _check(self.every >= 1, f"eval.every must be >= 1, got {self.every}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    env_id: str = "vidt/OneState-v0"
+    dataset: str | None = None  # None: the env's built-in data
+    algo: str = "vidt"
+    preset: str = "small"
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available
+    amp_bf16: bool = False  # bf16 autocast on CUDA (opt-in; equal within tolerance)
+    compile: bool = False  # torch.compile the transformer (opt-in)
+    threads: int = 0  # torch CPU threads; 0 = torch's default. Tiny models run best on 1.
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loss: LossSection = field(default_factory=LossSection)
+    online: OnlineSection = field(default_factory=OnlineSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def __post_init__(self):
+        _check(self.algo in ALGOS, f"unknown algo {self.algo!r}: choose one of {', '.join(ALGOS)}")
+        _check(self.preset in PRESETS, f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+        _check(self.device in DEVICES, f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+
+    @property
+    def stochastic(self) -> bool:
+        """ODT's tanh-Gaussian head; ViDT and TD3 use the deterministic tanh head."""
+        return self.algo == "odt"
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.algo != "odt"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> TrainConfig:
+        return _build(d)
+
+
+_SECTION_CLASSES = {"model": ModelSection, "data": DataSection, "optim": OptimSection,
+                    "loss": LossSection, "online": OnlineSection, "eval": EvalSection}
+
+
+def _build(d: dict[str, Any]) -> TrainConfig:
+    top = {k: v for k, v in d.items() if k not in _SECTION_CLASSES}
+    secs = {name: cls(**d.get(name, {})) for name, cls in _SECTION_CLASSES.items()}
+    return TrainConfig(**top, **secs)
+
+
+# ---------------------------------------------------------------- defaults
+
+
+def _preset(preset: str, family) -> dict[str, dict[str, Any]]:
+    """Sizes per preset. `tiny` runs in seconds (tests), `small` is a CPU benchmark in
+    minutes, `paper` is the paper's size (GPU)."""
+    K = family.context_len
+    if preset == "paper":
+        return {"model": {"d_model": 512, "n_layer": 4, "n_head": 4},
+                "data": {"batch_size": 256}, "eval": {"episodes": 10}}
+    if preset == "small":
+        # A prior run here: width 64, 2 layers, K 5, batch 128 took Pendulum from -1119 to
+        # -247 in 9k online steps; width 128 cost about 3x per step on 2 CPU cores.
+        k = min(K, 5)
+        return {"model": {"d_model": 64, "n_layer": 2, "n_head": 2, "context_len": k,
+                          "eval_context_len": min(family.eval_context_len, k)},
+                "data": {"batch_size": 128},
+                "optim": {"warmup_steps": 1000},  # 10k warmup would outlast a CPU run
+                "online": {"online_steps": 20_000}, "eval": {"episodes": 5}}
+    # tiny: seconds per run, for tests and smoke checks.
+    k = min(K, 3)
+    return {"threads": 1,  # at this size extra threads only add synchronisation
+            "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "context_len": k,
+                      "eval_context_len": min(family.eval_context_len, k), "critic_hidden": 64},
+            "data": {"batch_size": 32},
+            "optim": {"warmup_steps": 100},
+            "online": {"pretrain_updates": min(family.pretrain_updates, 100),
+                       "online_steps": 1000, "updates_per_iter": 20},
+            "eval": {"episodes": 2}}
+
+
+def _family_overrides(family, preset: str) -> dict[str, dict[str, Any]]:
+    """Per-environment settings that a preset should not undo (applied after the preset)."""
+    if family.family != "onestate":
+        return {}
+    # The one-state task (ALGORITHM.md). After supervised pretraining every seed outputs
+    # a near -1 for return 1: the tanh is nearly saturated there, the reward's slope
+    # (2(a+1)) is near zero, and the offline data shows the critic nothing between -0.95
+    # and 0.5, so the RL gradient is tiny until exploration has shown the critic better
+    # actions. With lr 1e-4 and noise 0.1 that escape took 7 to 16 rounds of 64 rollouts
+    # depending on the seed, so short budgets failed on some seeds. Measured here (tiny
+    # preset, 25 rounds): with alpha 0.1 the escape took 8-17 rounds and the policy then
+    # jittered around the reward's kink at a = 0 (finals 0.92-0.99). Rewards here are <= 1,
+    # so Q is <= 1 and alpha 0.1 (chosen for MuJoCo, where |Q| is in the hundreds) leaves
+    # the RL term a tenth of the supervised one: alpha 1 restores the balance the paper
+    # has. With alpha 1, noise 0.3 (wide enough for the critic to see the slope from the
+    # first round) and lr 1e-3, seeds 0-5 cross 0.5 at rounds 4-6 and stay at 0.97-1.0;
+    # ODT with the same lr, model and budget crossed at round 9 (seed 4), 23 (seed 5) or
+    # never (seeds 0-3). The noise applies to the deterministic head only (ODT explores by
+    # sampling its own Gaussian); every other setting here is shared by all algorithms.
+    return {
+        "model": {"context_len": 1, "eval_context_len": 1},
+        "data": {"batch_size": 64},
+        "optim": {"actor_lr": 1e-3, "warmup_steps": 50},
+        "online": {"pretrain_updates": 200, "online_steps": 64 * 25, "updates_per_iter": 50,
+                   "min_steps_per_iter": 64, "exploration_noise": 0.3},
+        "eval": {"episodes": 1},  # one state and a deterministic policy: one episode says all
+    }
+
+
+def default_dict(env_id: str, algo: str = "vidt", preset: str = "small") -> dict[str, Any]:
+    """The config as a nested dict before user overrides: family, preset, algorithm."""
+    from vidt.envs import get_family
+
+    _check(algo in ALGOS, f"unknown algo {algo!r}: choose one of {', '.join(ALGOS)}")
+    _check(preset in PRESETS, f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    fam = get_family(env_id)
+    d: dict[str, Any] = {"env_id": env_id, "algo": algo, "preset": preset,
+                         **{name: {} for name in _SECTION_CLASSES}}
+    d["model"].update(context_len=fam.context_len, eval_context_len=fam.eval_context_len,
+                      critic_layernorm=fam.critic_layernorm)
+    d["data"].update(reward_scale=fam.reward_scale, buffer_episodes=fam.buffer_episodes)
+    d["optim"].update(critic_lr=fam.critic_lr)
+    d["loss"].update(gamma=fam.gamma, actor_update_interval=fam.actor_update_interval,
+                     rl_from_start=fam.rl_from_start)
+    d["online"].update(pretrain_updates=fam.pretrain_updates,
+                       min_steps_per_iter=fam.min_steps_per_iter,
+                       target_return=fam.online_target_return)
+    d["eval"].update(target_return=fam.eval_target_return)
+    for over in (_preset(preset, fam), _family_overrides(fam, preset)):
+        for sec, vals in over.items():
+            if isinstance(vals, dict):
+                d[sec].update(vals)
+            else:
+                d[sec] = vals
+    # The algorithm's loss mix (ALGORITHM.md's table).
+    coefs = {"vidt": (1.0, 0.1), "odt": (1.0, 0.0), "td3": (0.0, 0.1)}[algo]
+    d["loss"].update(supervised_coef=coefs[0], rl_coef=coefs[1])
+    if fam.family == "onestate" and coefs[1] > 0:
+        d["loss"]["rl_coef"] = 1.0  # see _family_overrides: rewards <= 1 here
+    if algo == "td3":
+        # With no supervised term, pretraining without the RL term would train nothing.
+        d["loss"]["rl_from_start"] = True
+    return d
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Turn a TOML value or a `--set` string into the field's type, or raise ConfigError."""
+    args = typing.get_args(typ)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), typ) if args else typ
+    if isinstance(value, str):
+        s = value.strip()
+        if optional and s.lower() in ("none", "null", ""):
+            return None
+        try:
+            if base is bool:
+                if s.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if s.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError
+            if base is int:
+                try:
+                    return int(s.replace("_", ""))
+                except ValueError:  # "1e4" is an integer too
+                    f = float(s)
+                    if not f.is_integer():
+                        raise
+                    return int(f)
+            if base is float:
+                return float(s)
+        except ValueError:
+            raise ConfigError(f"{key}: cannot read {value!r} as {base.__name__}") from None
+        return s
+    if value is None:
+        _check(optional, f"{key}: None is not allowed")
+        return None
+    if base is bool:
+        _check(isinstance(value, bool), f"{key}: expected true/false, got {value!r}")
+        return value
+    if base is int:
+        _check(isinstance(value, int) and not isinstance(value, bool)
+               or isinstance(value, float) and value.is_integer(),
+               f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if base is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool),
+               f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if base is str:
+        _check(isinstance(value, str), f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _known_keys() -> list[str]:
+    top = [f.name for f in fields(TrainConfig) if f.name not in _SECTION_CLASSES]
+    return top + [f"{s}.{f.name}" for s, c in _SECTION_CLASSES.items() for f in fields(c)]
+
+
+def apply_overrides(d: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply flat dotted overrides ({"model.d_model": "64"}) to a nested config dict."""
+    top_types = _field_types(TrainConfig)
+    for key, value in overrides.items():
+        if "." in key:
+            sec, name = key.split(".", 1)
+            cls = _SECTION_CLASSES.get(sec)
+            types = _field_types(cls) if cls else {}
+            if name not in types:
+                raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(_known_keys())}")
+            d[sec][name] = _coerce(key, value, types[name])
+        else:
+            if key in _SECTION_CLASSES or key not in top_types:
+                raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(_known_keys())}")
+            d[key] = _coerce(key, value, top_types[key])
+    return d
+
+
+def flatten_toml(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A TOML document ([model] tables and top-level keys) as flat dotted overrides."""
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            if k not in _SECTION_CLASSES:
+                raise ConfigError(f"{source}: unknown section [{k}]; sections: {', '.join(_SECTION_CLASSES)}")
+            for name, val in v.items():
+                if isinstance(val, dict):
+                    raise ConfigError(f"{source}: nested table [{k}.{name}] is not a config key")
+                flat[f"{k}.{name}"] = val
+        else:
+            flat[k] = v
+    return flat
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    return flatten_toml(data, str(p))
+
+
+def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """`key=value` strings -> {key: value}."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def resolve(env_id: str, algo: str = "vidt", preset: str = "small",
+            config_file: str | Path | None = None,
+            overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The fully resolved config. Precedence: family < preset < algo < file < overrides.
+
+    A file may also set env_id/algo/preset; those choose the defaults it is applied over.
+    """
+    file_over = read_toml(config_file) if config_file else {}
+    overrides = dict(overrides or {})
+    algo = overrides.get("algo", file_over.get("algo", algo))
+    preset = overrides.get("preset", file_over.get("preset", preset))
+    env_id = overrides.get("env_id", file_over.get("env_id", env_id))
+    d = default_dict(env_id, algo, preset)
+    d = apply_overrides(d, file_over)
+    d = apply_overrides(d, overrides)
+    try:
+        return _build(d)
+    except TypeError as e:  # a section got a key it does not have (only via from_dict)
+        raise ConfigError(str(e)) from None

@@ -1,0 +1,184 @@
+"""The networks, their optimisers and one training update: everything a checkpoint must hold
+about learning, and nothing about environments.
+
+One `update()` = one actor step and, for the critic algorithms, `actor_update_interval`
+critic steps before it (TD3's delayed policy update), then soft updates of the critic target
+AND the actor target. The target actor is constant across those critic steps, so their TD
+targets are computed together in one no-grad forward over all their batches: the same work
+as one forward per step, in larger matrix products.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vidt.model.dt import Actor, DecisionTransformer, ModelConfig, ModelSpec, TwinCritic
+
+from .buffer import SegmentSampler
+from .config import TrainConfig
+from .losses import Batch, critic_loss, deterministic_actor_loss, stochastic_actor_loss, td_target
+from .optim import Lamb, warmup_lambda
+
+
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    m = cfg.model
+    return ModelConfig(context_len=m.context_len, d_model=m.d_model, n_layer=m.n_layer,
+                       n_head=m.n_head, dropout=m.dropout, stochastic=cfg.stochastic,
+                       timestep_embedding=m.timestep_embedding, max_timestep=m.max_timestep)
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- (1 - tau) target + tau source, for every parameter."""
+    with torch.no_grad():
+        tp = [p for p in target.parameters()]
+        sp = [p for p in source.parameters()]
+        torch._foreach_lerp_(tp, sp, tau)
+
+
+def _split(batch: Batch, n: int) -> list[Batch]:
+    fields = batch.__dataclass_fields__
+    parts = {k: getattr(batch, k).chunk(n, dim=0) for k in fields}
+    return [Batch(**{k: parts[k][i] for k in fields}) for i in range(n)]
+
+
+class Learner:
+    def __init__(self, cfg: TrainConfig, spec: ModelSpec, state_mean, state_std, act_low, act_high,
+                 device: str | torch.device = "cpu"):
+        self.cfg, self.spec, self.device = cfg, spec, torch.device(device)
+        model = DecisionTransformer(spec, model_config(cfg))
+        self.actor = Actor(model, state_mean, state_std, cfg.data.reward_scale, act_low, act_high)
+        self.actor.to(self.device)
+        o = cfg.optim
+        self.actor_opt = Lamb(self.actor.model.parameters(), lr=o.actor_lr, eps=o.eps,
+                              weight_decay=o.weight_decay)
+        self._lr = warmup_lambda(o.warmup_steps)
+        self.train_model = torch.compile(self.actor.model) if cfg.compile else self.actor.model
+        self.critic = self.critic_target = self.actor_target = None
+        if cfg.uses_critic:
+            self.critic = TwinCritic(spec, cfg.model.critic_hidden, cfg.model.critic_layernorm).to(self.device)
+            self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+            # The target transformer runs without dropout: TD3's target policy is deterministic
+            # apart from its explicit smoothing noise.
+            self.actor_target = copy.deepcopy(self.actor.model).requires_grad_(False).eval()
+            self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=o.critic_lr,
+                                                weight_decay=o.critic_weight_decay)
+        self.log_temperature = None
+        if cfg.stochastic:
+            self.log_temperature = torch.tensor(math.log(cfg.loss.init_temperature),
+                                                device=self.device, requires_grad=True)
+            self.temp_opt = torch.optim.Adam([self.log_temperature], lr=o.temperature_lr)
+            te = cfg.loss.target_entropy
+            self.target_entropy = float(-spec.act_dim if te is None else te)
+        self.actor_updates = 0
+        self.critic_updates = 0
+
+    def _autocast(self):
+        if self.cfg.amp_bf16 and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def batch(self, sampler: SegmentSampler, batch_size: int, rng: np.random.Generator) -> Batch:
+        return Batch.from_segments(sampler.sample(batch_size, rng), self.actor, self.device)
+
+    # ---------------------------------------------------------------- steps
+
+    def critic_step(self, batch: Batch, y: torch.Tensor) -> dict:
+        with self._autocast():
+            loss, info = critic_loss(batch, self.critic, y)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        self.critic_updates += 1
+        return info
+
+    def actor_step(self, batch: Batch, rl: bool) -> dict:
+        lc = self.cfg.loss
+        for g in self.actor_opt.param_groups:
+            g["lr"] = self.cfg.optim.actor_lr * self._lr(self.actor_updates)
+        self.actor.model.train()
+        with self._autocast():
+            if self.cfg.stochastic:
+                loss, temp_loss, info = stochastic_actor_loss(
+                    batch, self.train_model, self.log_temperature, self.target_entropy,
+                    lc.supervised_coef)
+            else:
+                use_rl = rl and self.critic is not None and lc.rl_coef > 0
+                if use_rl:  # the actor's gradient flows through Q1 but never into it
+                    self.critic.requires_grad_(False)
+                try:
+                    loss, info = deterministic_actor_loss(
+                        batch, self.train_model, self.critic if use_rl else None,
+                        lc.supervised_coef, lc.rl_coef if use_rl else 0.0)
+                finally:
+                    if use_rl:
+                        self.critic.requires_grad_(True)
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.actor.model.parameters(), self.cfg.optim.grad_clip)
+        self.actor_opt.step()
+        if self.cfg.stochastic:
+            self.temp_opt.zero_grad(set_to_none=True)
+            temp_loss.backward()
+            self.temp_opt.step()
+        self.actor_updates += 1
+        info["lr"] = self.actor_opt.param_groups[0]["lr"]
+        return info
+
+    def update(self, sampler: SegmentSampler, rng: np.random.Generator, rl: bool) -> dict:
+        """One actor update with its critic steps and soft target updates."""
+        bs, lc = self.cfg.data.batch_size, self.cfg.loss
+        if self.critic is None:
+            return self.actor_step(self.batch(sampler, bs, rng), rl)
+        n = lc.actor_update_interval
+        big = self.batch(sampler, bs * n, rng)
+        with torch.no_grad(), self._autocast():
+            y = td_target(big, self.actor_target, self.critic_target, lc.gamma,
+                          lc.policy_noise, lc.noise_clip).float()  # (n B, K)
+        info: dict = {}
+        for part, y_part in zip(_split(big, n), y.chunk(n, dim=0)):
+            info = self.critic_step(part, y_part)
+        # TD3: the actor step uses the last critic step's batch.
+        info.update(self.actor_step(part, rl))
+        soft_update(self.critic_target, self.critic, lc.tau)
+        soft_update(self.actor_target, self.actor.model, lc.tau)
+        return info
+
+    def sync_targets(self) -> None:
+        """Targets := current weights (at the start of the online phase)."""
+        if self.critic is not None:
+            self.critic_target.load_state_dict(self.critic.state_dict())
+            self.actor_target.load_state_dict(self.actor.model.state_dict())
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        s = {"actor": self.actor.state_dict(), "actor_opt": self.actor_opt.state_dict(),
+             "actor_updates": self.actor_updates, "critic_updates": self.critic_updates}
+        if self.critic is not None:
+            s.update(critic=self.critic.state_dict(), critic_target=self.critic_target.state_dict(),
+                     actor_target=self.actor_target.state_dict(),
+                     critic_opt=self.critic_opt.state_dict())
+        if self.log_temperature is not None:
+            s.update(log_temperature=self.log_temperature.detach().clone(),
+                     temp_opt=self.temp_opt.state_dict())
+        return s
+
+    def load_state_dict(self, s: dict) -> None:
+        self.actor.load_state_dict(s["actor"])
+        self.actor_opt.load_state_dict(s["actor_opt"])
+        self.actor_updates, self.critic_updates = int(s["actor_updates"]), int(s["critic_updates"])
+        if self.critic is not None:
+            self.critic.load_state_dict(s["critic"])
+            self.critic_target.load_state_dict(s["critic_target"])
+            self.actor_target.load_state_dict(s["actor_target"])
+            self.critic_opt.load_state_dict(s["critic_opt"])
+        if self.log_temperature is not None:
+            with torch.no_grad():
+                self.log_temperature.copy_(s["log_temperature"])
+            self.temp_opt.load_state_dict(s["temp_opt"])

@@ -1,0 +1,489 @@
+"""The training loop, top to bottom (ALGORITHM.md, "Loop"):
+
+1. offline pretraining: `pretrain_updates` actor updates on the offline data (the critic
+   learns alongside; the RL term is off unless `rl_from_start`);
+2. at the online start: targets re-synchronised, replay buffer seeded with the best offline
+   episodes;
+3. online iterations until the env-step budget is spent: collect episodes conditioned on the
+   online target return (with exploration), `updates_per_iter` updates from the replay
+   buffer, and every `eval.every` iterations a deterministic evaluation on envs of its own.
+
+Checkpoints are taken at iteration boundaries (and between updates on Ctrl-C) and hold every
+piece of state, so a killed run resumed with `resume=True` ends with the same metrics as one
+never interrupted (same seed, CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vidt
+from vidt.data.episode import Episode
+from vidt.envs import get_family, make_env, normalized_score
+from vidt.errors import ConfigError, DatasetError
+from vidt.model.dt import Actor, ModelSpec
+from vidt.window import ContextWindow, WindowInputs
+
+from .buffer import ReplayBuffer, SegmentSampler
+from .checkpoint import (
+    ACTOR,
+    CHECKPOINT,
+    FORMAT_VERSION,
+    actor_payload,
+    atomic_save,
+    atomic_write_text,
+    load_file,
+    numpy_rng_state,
+    set_numpy_rng_state,
+)
+from .config import TrainConfig
+from .learner import Learner
+from .metrics import LossMeter, MetricsLog
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, "learning_curve.png", "tb")
+EPISODE_STEP_CAP = 100_000  # bound on an episode of an env without a time limit
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: TrainConfig
+    online_env_steps: int
+    actor_updates: int
+    wall_time_s: float
+    final_eval_return_mean: float | None
+    final_eval_return_std: float | None
+    final_normalized_score: float | None
+    metrics: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+
+
+# ---------------------------------------------------------------- setup helpers
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but CUDA is not available "
+                          "(torch.cuda.is_available() is False); use --device cpu or auto")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_offline(cfg: TrainConfig) -> list[Episode]:
+    from vidt.data import load
+
+    episodes = load(cfg.dataset, cfg.env_id)  # checks sizes against the env
+    episodes = [e for e in episodes if len(e) > 0]
+    if not episodes:
+        raise DatasetError(f"{cfg.dataset or 'built-in data'}: no episodes")
+    return episodes
+
+
+def check_dims(episodes: list[Episode], obs_dim: int, act_dim: int, env_id: str, name: str) -> None:
+    e = episodes[0]
+    if e.obs_dim != obs_dim or e.act_dim != act_dim:
+        raise DatasetError(f"{name}: dataset has observation/action sizes {e.obs_dim}/{e.act_dim}, "
+                           f"{env_id} has {obs_dim}/{act_dim}")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} exists and is not a directory")
+    if resume:
+        if not (run_dir / "config.json").exists():
+            raise ConfigError(f"{run_dir}: nothing to resume (no config.json); drop --resume")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise ConfigError(f"{run_dir} is not empty: pass --resume to continue that run "
+                              f"or --force to start over in it")
+        for name in RUN_FILES:  # only our own files: never delete what a user put there
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+# ---------------------------------------------------------------- rollouts
+
+
+def play(actor: Actor, envs: list, cfg: TrainConfig, target_return: float, device: torch.device,
+         seeds: list[int | None], explore: bool, rng: np.random.Generator | None,
+         max_steps: int) -> list[Episode]:
+    """One episode per env, all envs stepped in lockstep with one batched actor call per step.
+
+    The window is vidt.window.ContextWindow: the same code the server uses. explore: Gaussian
+    noise (deterministic head) or a sample (stochastic head) instead of the deterministic
+    action. Returns the episodes (observed rewards only).
+    """
+    m = cfg.model
+    S, A = actor.model.spec.obs_dim, actor.model.spec.act_dim
+    low = actor.act_bias - actor.act_scale
+    high = actor.act_bias + actor.act_scale
+    low_np, high_np = low.cpu().numpy(), high.cpu().numpy()
+    n = len(envs)
+    windows = [ContextWindow(S, A, m.context_len, m.eval_context_len, target_return) for _ in envs]
+    obs = [env.reset(seed=s)[0] if s is not None else env.reset()[0] for env, s in zip(envs, seeds)]
+    traj = [{"o": [], "a": [], "r": [], "o2": []} for _ in envs]
+    last_r = [0.0] * n
+    done = [False] * n
+    flags = [(False, False)] * n
+    actor.eval()
+    for t in range(max_steps):
+        live = [i for i in range(n) if not done[i]]
+        if not live:
+            break
+        inputs = WindowInputs.stack([windows[i].observe(obs[i], last_r[i]) for i in live])
+        with torch.no_grad():
+            args = [torch.as_tensor(x, device=device) for x in
+                    (inputs.observations, inputs.actions, inputs.returns_to_go, inputs.mask,
+                     inputs.timesteps)]
+            if explore and cfg.stochastic:
+                act = actor.sample(*args)
+            else:
+                act = actor(*args)
+        act = act.float().cpu().numpy()  # (n_live, A)
+        if explore and not cfg.stochastic and cfg.online.exploration_noise > 0:
+            scale = (high_np - low_np) / 2
+            act = act + rng.normal(0.0, cfg.online.exploration_noise, act.shape) * scale
+        act = np.clip(act, low_np, high_np).astype(np.float32)
+        for j, i in enumerate(live):
+            windows[i].record_action(act[j])
+            o2, r, term, trunc, _ = envs[i].step(act[j])
+            tr = traj[i]
+            tr["o"].append(np.asarray(obs[i], np.float32).reshape(-1))
+            tr["a"].append(act[j])
+            tr["r"].append(float(r))
+            tr["o2"].append(np.asarray(o2, np.float32).reshape(-1))
+            obs[i], last_r[i] = o2, float(r)
+            if term or trunc or t == max_steps - 1:
+                done[i] = True
+                flags[i] = (bool(term), not term)
+    return [Episode(observations=np.stack(tr["o"]), actions=np.stack(tr["a"]),
+                    rewards=np.asarray(tr["r"], np.float32), next_observations=np.stack(tr["o2"]),
+                    terminated=f[0], truncated=f[1]) for tr, f in zip(traj, flags)]
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
+                 force: bool = False, progress: bool = False):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = resolve_device(cfg.device)
+        self.progress = progress
+        prepare_run_dir(self.run_dir, resume, force)
+        if resume:
+            saved = TrainConfig.from_dict(json.loads((self.run_dir / "config.json").read_text()))
+            check_resume_config(saved, cfg)
+        atomic_write_text(cfg.to_json() + "\n", self.run_dir / "config.json")
+
+        self.family = get_family(cfg.env_id)
+        kw = {"max_episode_steps": cfg.online.max_episode_steps} if cfg.online.max_episode_steps else {}
+        self.collect_env = make_env(cfg.env_id, **kw)
+        self.eval_envs = [make_env(cfg.env_id, **kw) for _ in range(cfg.eval.episodes)]
+        spec_env = self.collect_env
+        S, A = int(spec_env.observation_space.shape[0]), int(spec_env.action_space.shape[0])
+        limit = cfg.online.max_episode_steps or (spec_env.spec.max_episode_steps if spec_env.spec else None)
+        self.max_episode_steps = int(limit or 0)
+        self.step_cap = self.max_episode_steps or EPISODE_STEP_CAP
+
+        self.offline = load_offline(cfg)
+        check_dims(self.offline, S, A, cfg.env_id, cfg.dataset or "built-in data")
+        all_obs = np.concatenate([e.observations for e in self.offline]).astype(np.float64)
+        state_mean, state_std = all_obs.mean(0), all_obs.std(0) + 1e-6
+
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.collect_env.reset(seed=cfg.seed)  # seeded once; later resets continue its RNG
+        self.learner = Learner(cfg, ModelSpec(S, A), state_mean, state_std,
+                               spec_env.action_space.low, spec_env.action_space.high, self.device)
+        self.pretrain_sampler = SegmentSampler(self.offline, cfg.model.context_len, cfg.data.reward_scale)
+        self.buffer = ReplayBuffer(cfg.data.buffer_episodes)
+
+        # Counters (all in the checkpoint).
+        self.phase = "pretrain"
+        self.iteration = 0
+        self.online_env_steps = 0
+        self.iter_collected = False  # within the current online iteration
+        self.iter_updates = 0
+        self.wall_time = 0.0
+        self.last_eval: tuple[float, float] | None = None
+        self.meter = LossMeter()
+
+        ckpt = self.run_dir / CHECKPOINT
+        self.resumed = resume and ckpt.exists()
+        state = load_file(ckpt, map_location=self.device) if self.resumed else None
+        purge = int(state["learner"]["actor_updates"]) if state else None
+        self.metrics = MetricsLog(self.run_dir, f"{cfg.algo} on {cfg.env_id} (seed {cfg.seed})",
+                                  purge_step=purge)
+        if state is not None:
+            self._load_state(state)
+        elif not resume:
+            self.metrics.write_csv()
+        self._stop = False
+
+    # ------------------------------------------------------------ state
+
+    def _state(self) -> dict:
+        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
+        env_rng = self.collect_env.unwrapped.np_random.bit_generator.state
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": self.cfg.to_json(),
+            "learner": self.learner.state_dict(),
+            "buffer": self.buffer.state_dict() if self.phase == "online" else None,
+            "counters": {"phase": self.phase, "iteration": self.iteration,
+                         "online_env_steps": self.online_env_steps,
+                         "iter_collected": self.iter_collected, "iter_updates": self.iter_updates,
+                         "wall_time": self.wall_time},
+            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng,
+                    "numpy": numpy_rng_state(self.rng), "collect_env": json.dumps(env_rng)},
+            "metrics": json.dumps(self.metrics.rows),
+            "meter": json.dumps([self.meter.sums, self.meter.counts]),
+            "actor_file": actor_payload(self.learner.actor, self.meta()),
+        }
+
+    def _load_state(self, s: dict) -> None:
+        self.learner.load_state_dict(s["learner"])
+        if s["buffer"] is not None:
+            self.buffer.load_state_dict(s["buffer"])
+        c = s["counters"]
+        self.phase, self.iteration = c["phase"], int(c["iteration"])
+        self.online_env_steps = int(c["online_env_steps"])
+        self.iter_collected, self.iter_updates = bool(c["iter_collected"]), int(c["iter_updates"])
+        self.wall_time = float(c["wall_time"])
+        torch.set_rng_state(s["rng"]["torch"].cpu())
+        if s["rng"]["cuda"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(s["rng"]["cuda"])
+        set_numpy_rng_state(self.rng, s["rng"]["numpy"])
+        self.collect_env.unwrapped.np_random.bit_generator.state = json.loads(s["rng"]["collect_env"])
+        self.metrics.rows = json.loads(s["metrics"])
+        self.metrics.write_csv()
+        self.meter.sums, self.meter.counts = json.loads(s["meter"])
+        evals = [r for r in self.metrics.rows if r["eval_return_mean"] != ""]
+        if evals:
+            self.last_eval = (evals[-1]["eval_return_mean"], evals[-1]["eval_return_std"])
+
+    def meta(self) -> dict:
+        cfg, a = self.cfg, self.learner.actor
+        low = (a.act_bias - a.act_scale).tolist()
+        high = (a.act_bias + a.act_scale).tolist()
+        return {
+            "env_id": cfg.env_id, "algo": cfg.algo, "seed": cfg.seed,
+            "model_name": f"{cfg.algo}-{cfg.env_id.replace('/', '-')}",
+            "context_len": cfg.model.context_len, "eval_context_len": cfg.model.eval_context_len,
+            "eval_target_return": cfg.eval.target_return,
+            "online_target_return": cfg.online.target_return,
+            "default_target_return": cfg.eval.target_return,
+            "reward_scale": cfg.data.reward_scale, "max_episode_steps": self.max_episode_steps,
+            "obs_dim": a.model.spec.obs_dim, "act_dim": a.model.spec.act_dim,
+            "action_low": low, "action_high": high, "stochastic": cfg.stochastic,
+            "timestep_embedding": cfg.model.timestep_embedding,
+            "online_env_steps": self.online_env_steps, "actor_updates": self.learner.actor_updates,
+            "vidt_version": vidt.__version__,
+        }
+
+    def checkpoint(self) -> None:
+        self.wall_time += self._elapsed()
+        self._t0 = time.perf_counter()
+        state = self._state()
+        atomic_save(state, self.run_dir / CHECKPOINT)
+        atomic_save(state["actor_file"], self.run_dir / ACTOR)
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self) -> tuple[float, float]:
+        eps = play(self.learner.actor, self.eval_envs, self.cfg, self.cfg.eval.target_return,
+                   self.device, [self.cfg.eval.seed + i for i in range(len(self.eval_envs))],
+                   explore=False, rng=None, max_steps=self.step_cap)
+        rets = np.array([e.episode_return for e in eps])
+        return float(rets.mean()), float(rets.std())
+
+    def _row(self, mean: float, std: float) -> None:
+        score = normalized_score(self.cfg.env_id, mean)
+        losses = self.meter.means()
+        self.meter.reset()
+        row = {"phase": self.phase, "iteration": self.iteration,
+               "online_env_steps": self.online_env_steps,
+               "actor_updates": self.learner.actor_updates,
+               "critic_updates": self.learner.critic_updates,
+               "wall_time_s": round(self.wall_time + self._elapsed(), 3),
+               "eval_return_mean": mean, "eval_return_std": std,
+               "eval_normalized_score": "" if score is None else score, **losses}
+        self.metrics.add_row(row)
+        self.last_eval = (mean, std)
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    # ------------------------------------------------------------ loop
+
+    def _on_sigint(self, signum, frame):
+        if self._stop:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop = True
+
+    def run(self) -> RunResult:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self._t0 = time.perf_counter()
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        bar = tqdm(total=cfg.online.pretrain_updates + cfg.online.online_steps, file=sys.stderr,
+                   disable=not self.progress, dynamic_ncols=True, unit="")
+        try:
+            done = self._loop(bar)
+        finally:
+            bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+            self.metrics.close()
+        return self._result(interrupted=not done)
+
+    def _bar(self, bar, rate: float) -> None:
+        ev = f"{self.last_eval[0]:.3g}" if self.last_eval else "-"
+        bar.set_postfix_str(f"{self.phase} steps={self.online_env_steps} upd/s={rate:.1f} eval={ev}",
+                            refresh=False)
+        bar.n = min(self.learner.actor_updates, self.cfg.online.pretrain_updates) + self.online_env_steps
+        bar.refresh()
+
+    def _interrupt(self) -> bool:
+        """At a safe point: on Ctrl-C, save everything and report that we stop."""
+        if self._stop:
+            self.checkpoint()
+            log.info("interrupted: checkpoint written to %s", self.run_dir / CHECKPOINT)
+        return self._stop
+
+    def _loop(self, bar) -> bool:
+        cfg, L = self.cfg, self.learner
+        o = cfg.online
+        chunk = o.updates_per_iter
+        rl_pre = cfg.loss.rl_from_start
+        # 1. offline pretraining, in chunks of one iteration's worth of updates.
+        while self.phase == "pretrain" and L.actor_updates < o.pretrain_updates:
+            t = time.perf_counter()
+            n = min(chunk - L.actor_updates % chunk, o.pretrain_updates - L.actor_updates)
+            for _ in range(n):
+                self.meter.add(L.update(self.pretrain_sampler, self.rng, rl=rl_pre))
+                if self._interrupt():
+                    return False
+            self._bar(bar, n / (time.perf_counter() - t))
+            if (L.actor_updates // chunk) % o.checkpoint_every == 0:
+                self.checkpoint()
+        # 2. the online start.
+        if self.phase == "pretrain":
+            self._row(*self.evaluate())
+            L.sync_targets()
+            self.buffer.seed_with(self.offline)
+            self.phase = "online"
+            self.checkpoint()
+        # 3. online iterations.
+        while self.online_env_steps < o.online_steps:
+            if not self.iter_collected:
+                steps = 0
+                while steps < max(1, o.min_steps_per_iter):
+                    ep = play(L.actor, [self.collect_env], cfg, o.target_return, self.device, [None],
+                              explore=True, rng=self.rng, max_steps=self.step_cap)[0]
+                    self.buffer.add(ep)
+                    steps += len(ep)
+                self.online_env_steps += steps
+                self.iter_collected = True
+                if self._interrupt():
+                    return False
+            sampler = self.buffer.sampler(cfg.model.context_len, cfg.data.reward_scale)
+            t = time.perf_counter()
+            n0 = self.iter_updates
+            while self.iter_updates < o.updates_per_iter:
+                self.meter.add(L.update(sampler, self.rng, rl=True))
+                self.iter_updates += 1
+                if self._interrupt():
+                    return False
+            rate = (self.iter_updates - n0) / max(time.perf_counter() - t, 1e-9)
+            self.iteration += 1
+            self.iter_collected, self.iter_updates = False, 0
+            last = self.online_env_steps >= o.online_steps
+            if self.iteration % cfg.eval.every == 0 or last:
+                self._row(*self.evaluate())
+            self._bar(bar, rate)
+            if self.iteration % o.checkpoint_every == 0 or last:
+                self.checkpoint()
+        return True
+
+    def _result(self, interrupted: bool) -> RunResult:
+        evals = [r for r in self.metrics.rows if r["eval_return_mean"] != ""]
+        last = evals[-1] if evals else None
+        score = last["eval_normalized_score"] if last else None
+        return RunResult(
+            run_dir=self.run_dir, config=self.cfg, online_env_steps=self.online_env_steps,
+            actor_updates=self.learner.actor_updates,
+            wall_time_s=self.wall_time + (time.perf_counter() - self._t0),
+            final_eval_return_mean=last["eval_return_mean"] if last else None,
+            final_eval_return_std=last["eval_return_std"] if last else None,
+            final_normalized_score=None if score in ("", None) else float(score),
+            metrics=list(self.metrics.rows), interrupted=interrupted)
+
+    def close(self) -> None:
+        for env in [self.collect_env, *self.eval_envs]:
+            env.close()
+
+
+RESUMABLE_CHANGES = ("online.online_steps", "device")
+
+
+def check_resume_config(saved: TrainConfig, new: TrainConfig) -> None:
+    """A resumed run keeps its config; only the budget and the device may change."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{k}."))
+            else:
+                out[prefix + k] = v
+        return out
+    a, b = flat(saved.to_dict()), flat(new.to_dict())
+    diff = [k for k in a if a[k] != b.get(k) and k not in RESUMABLE_CHANGES]
+    if diff:
+        shown = ", ".join(f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in diff[:6])
+        raise ConfigError(f"--resume continues a run with its own config; these differ: {shown}. "
+                          f"Resume with the same settings, or start a new run.")
+
+
+def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = False,
+          force: bool = False, progress: bool = False) -> RunResult:
+    """Pretrain offline, then finetune online; everything lands in `out` (the run dir).
+
+    Default run dir: runs/<env>-<algo>-s<seed>. Returns the run's metrics and final eval.
+    """
+    if out is None:
+        out = Path("runs") / f"{config.env_id.replace('/', '-')}-{config.algo}-s{config.seed}"
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        trainer = Trainer(config, out, resume=resume, force=force, progress=progress)
+        try:
+            return trainer.run()
+        finally:
+            trainer.close()
+    finally:
+        torch.set_num_threads(threads)
