@@ -175,8 +175,9 @@ def _take(w: WindowInputs, idx) -> WindowInputs:
 
 def parity(actor: Actor, policy: OnnxPolicy, windows: WindowInputs, batch_sizes=(1, 64),
            progress: Callable[[int], None] | None = None) -> float:
-    """Max abs action difference eager vs onnxruntime. The first 64 windows (or 1/16 of
-    them) go one at a time, the rest in batches of the largest size."""
+    """Max abs action difference eager vs onnxruntime. The first 1/16 of the windows (64 of
+    1,024) go one at a time, the rest in batches of the largest size. ModelFileError if
+    onnxruntime's actions are non-finite or outside the bounds."""
     n = windows.mask.shape[0]
     n_single = min(n, max(1, n // 16)) if len(batch_sizes) > 1 else 0
     spans = [(i, i + batch_sizes[0]) for i in range(0, n_single, batch_sizes[0])]
@@ -188,10 +189,11 @@ def parity(actor: Actor, policy: OnnxPolicy, windows: WindowInputs, batch_sizes=
         w = _take(windows, slice(a, b))
         ref, got = _torch_actions(actor, w), policy.predict(w)
         if not np.isfinite(got).all():
-            return math.inf
+            raise ModelFileError("refusing to export: onnxruntime gave non-finite actions")
         slack = 1e-5 * (high - low)
         if (got < low - slack).any() or (got > high + slack).any():
-            return math.inf
+            raise ModelFileError(f"refusing to export: onnxruntime gave actions outside the "
+                                 f"bounds [{low.tolist()}, {high.tolist()}]")
         worst = max(worst, float(np.abs(ref - got).max()))
         if progress:
             progress(b - a)
@@ -289,7 +291,9 @@ def export_actor(
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        # Load it as every consumer will: the same metadata and signature checks.
+        # Load it as every consumer will: the same metadata and signature checks. One thread:
+        # the rollouts are batch-1 calls, where a second (spinning) thread on a busy machine
+        # made the tiny-model export 3x slower.
         policy = OnnxPolicy(tmp, provider="cpu", intra_op_threads=1)
 
         rng = np.random.default_rng(seed)
