@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from vidt.errors import ConfigError
+
+try:
+    import tomllib  # Python 3.11+
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    tomllib = None
 
 ALGOS = ("vidt", "odt", "td3")
 PRESETS = ("tiny", "small", "paper")
@@ -384,6 +388,8 @@ def flatten_toml(data: dict[str, Any], source: str) -> dict[str, Any]:
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if tomllib is None:
+        raise ConfigError("--config needs Python 3.11+ (tomllib); use --set key=value instead")
     try:
         with open(p, "rb") as f:
             data = tomllib.load(f)
