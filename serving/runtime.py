@@ -239,7 +239,11 @@ class OnnxPolicy:
         if provider.lower() == "cuda" and self.provider != CUDA:
             raise ConfigError(f"provider 'cuda' asked for, but onnxruntime fell back to "
                               f"{self.provider} (no usable GPU or CUDA libraries)")
-        props = self.session.get_modelmeta().custom_metadata_map
+        try:
+            props = self.session.get_modelmeta().custom_metadata_map
+        except UnicodeDecodeError as e:  # a corrupted file's metadata bytes
+            raise ModelFileError(f"{self.path}: its metadata is not valid UTF-8 ({e.reason}); "
+                                 f"the file is corrupt") from None
         self.metadata = PolicyMetadata.from_props(props, str(self.path))
         self._timesteps = _check_signature(self.session, self.metadata, str(self.path))
         self._window: ContextWindow | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import math
 import signal
 import threading
 import time
@@ -132,6 +133,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._act_ok = metrics.requests.labels("Act", "OK")
         self._stream_latency = metrics.act_latency.labels("ActStream")
         self._stream_ok = metrics.requests.labels("ActStream", "OK")
+        # Open streams: id -> [context, when it last went idle (inf while a step runs)].
+        self._streams: dict[int, list] = {}
+        self._streams_lock = threading.Lock()
 
     def _fail(self, context, method: str, e: Exception):
         if isinstance(e, ServingError):
@@ -183,15 +187,35 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         return answer
 
     def ActStream(self, request_iterator, context):
-        for request in request_iterator:
-            t0 = time.perf_counter()
-            try:
-                answer = _answer(self.store.act(_step(request)))
-            except Exception as e:
-                self._fail(context, "ActStream", e)
-            self._stream_latency.observe(time.perf_counter() - t0)
-            self._stream_ok.inc()
-            yield answer
+        entry = [context, time.monotonic()]
+        with self._streams_lock:
+            self._streams[id(entry)] = entry
+        try:
+            for request in request_iterator:
+                entry[1] = math.inf
+                t0 = time.perf_counter()
+                try:
+                    answer = _answer(self.store.act(_step(request)))
+                except Exception as e:
+                    self._fail(context, "ActStream", e)
+                self._stream_latency.observe(time.perf_counter() - t0)
+                self._stream_ok.inc()
+                yield answer
+                entry[1] = time.monotonic()
+        finally:
+            with self._streams_lock:
+                self._streams.pop(id(entry), None)
+
+    def end_idle_streams(self, idle_s: float) -> int:
+        """Cancel the streams that sent nothing for `idle_s`: each holds a worker thread,
+        and a client gone silent without closing its connection (a dead link, no FIN)
+        would otherwise hold it until TCP keepalive notices, hours later."""
+        now = time.monotonic()
+        with self._streams_lock:
+            idle = [e for e in self._streams.values() if now - e[1] > idle_s]
+        for context, _ in idle:
+            context.cancel()
+        return len(idle)
 
     def CloseSession(self, request, context):
         try:
@@ -285,16 +309,23 @@ class PolicyServer:
         address = f"{host}:{c.port}"
         try:
             if c.tls_cert:
-                creds = grpc.ssl_server_credentials(
-                    [(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
+                key, cert = Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes()
+                # grpc reports a bad pair only as "Failed to bind": say what is wrong here.
+                if b"-----BEGIN CERTIFICATE-----" not in cert:
+                    raise ConfigError(f"{c.tls_cert} is not a PEM certificate (chain)")
+                if b"PRIVATE KEY-----" not in key:
+                    raise ConfigError(f"{c.tls_key} is not a PEM private key")
+                creds = grpc.ssl_server_credentials([(key, cert)])
                 port = self._grpc.add_secure_port(address, creds)
             else:
                 port = self._grpc.add_insecure_port(address)
         except OSError as e:
             raise ConfigError(f"cannot read the TLS files: {e}") from None
         except RuntimeError as e:
-            raise ConfigError(f"cannot listen on {address}: {e} (port in use by another "
-                              "server, or an address this machine does not have)") from None
+            why = ("port in use by another server, an address this machine does not have"
+                   + (", or a TLS key that does not match the certificate (grpc's log above "
+                      "says which)" if c.tls_cert else ""))
+            raise ConfigError(f"cannot listen on {address}: {e} ({why})") from None
         if port == 0:
             raise ConfigError(f"cannot listen on {address} (port in use?)")
         self.port = port
@@ -323,6 +354,10 @@ class PolicyServer:
             n = self.store.expire_idle()
             if n:
                 log.info("expired %d idle session(s)", n)
+            n = self.servicer.end_idle_streams(self.config.idle_timeout_s)
+            if n:
+                log.info("ended %d stream(s) idle for more than %g s", n,
+                         self.config.idle_timeout_s)
 
     def drain(self, grace_s: float | None = None, force: threading.Event | None = None) -> None:
         """Graceful shutdown: health NOT_SERVING and no new sessions at once; open sessions
@@ -356,9 +391,17 @@ def serve(model: str | Path, config: ServerConfig, provider: str = "auto",
           ort_threads: int | None = None) -> int:
     """Load `model`, serve until SIGTERM/SIGINT, drain, return the exit status (0).
     A second signal during the drain stops at once."""
+    from vidt.errors import ModelFileError, VidtError
+
     from .runtime import OnnxPolicy
 
-    policy = OnnxPolicy(model, provider=provider, intra_op_threads=ort_threads)
+    try:
+        policy = OnnxPolicy(model, provider=provider, intra_op_threads=ort_threads)
+    except VidtError:
+        raise
+    except Exception as e:  # e.g. invalid UTF-8 in a corrupted file's metadata: still the file
+        raise ModelFileError(f"{model}: not a loadable vidt policy file ({type(e).__name__}: "
+                             f"{e})") from None
     server = PolicyServer(policy, config)
     signals = threading.Event()
     force = threading.Event()

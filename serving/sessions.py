@@ -11,6 +11,10 @@ status. The rules it implements (proto/vidt/v1/policy.proto):
   changes, and a failed inference changes none.
 - Sessions idle for `idle_timeout_s` are freed; NOT_FOUND says whether an id is unknown,
   closed or expired, for the last `ended_memory` ids that ended.
+- Values must be finite as the float32 the actor sees: observations, rewards (and the
+  return-to-go they leave), target returns. An action that comes out non-finite anyway
+  (extreme inputs overflow inside a transformer) is refused as INVALID_ARGUMENT, never sent,
+  and the window stays as it was.
 - Draining (shutdown) refuses new sessions with UNAVAILABLE; open episodes may still step,
   so that a client can finish its episode within the server's grace period.
 
@@ -33,6 +37,16 @@ import numpy as np
 from vidt.window import ContextWindow, WindowInputs
 
 Infer = Callable[[list[WindowInputs]], np.ndarray]
+
+# The actor sees float32: a target return or return-to-go beyond this is infinite to it.
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _quote(sid: str, limit: int = 64) -> str:
+    """A session id for an error message, shortened: the message travels back in a gRPC
+    trailer, and echoing a 20 KB id whole would exceed the client's 8 KB metadata limit (the
+    client would see RESOURCE_EXHAUSTED instead of the status the contract names)."""
+    return repr(sid) if len(sid) <= limit else f"{sid[:limit]!r}... ({len(sid)} characters)"
 
 
 class ServingError(Exception):
@@ -170,8 +184,9 @@ class SessionStore:
     def create(self, target_return: float | None = None) -> SessionCreated:
         if target_return is None:
             target_return = float(self.meta.default_target_return)
-        elif not math.isfinite(target_return):
-            raise InvalidArgument(f"target_return must be finite, got {target_return}")
+        elif not (math.isfinite(target_return) and abs(target_return) <= F32_MAX):
+            raise InvalidArgument(f"target_return must be finite (as a float32), got "
+                                  f"{target_return}")
         m = self.meta
         with self._lock:
             if self._draining:
@@ -219,7 +234,11 @@ class SessionStore:
         # Check everything that does not need the lock first.
         observations = []
         for i, r in enumerate(requests):
-            obs = np.asarray(r.observation, dtype=np.float32).reshape(-1)
+            obs = r.observation
+            if type(obs) is not np.ndarray or obs.dtype != np.float32:  # (the server's are)
+                with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused below
+                    obs = np.asarray(obs, dtype=np.float32)
+            obs = obs.reshape(-1)
             if obs.shape[0] != S:
                 raise InvalidArgument(f"{where(i)}observation has {obs.shape[0]} values, "
                                       f"expected {S}")
@@ -232,9 +251,9 @@ class SessionStore:
             seen: dict[str, int] = {}
             for i, r in enumerate(requests):
                 if r.session_id in seen:
-                    raise InvalidArgument(f"requests[{i}]: session {r.session_id!r} repeats "
-                                          f"requests[{seen[r.session_id]}]; a batch steps "
-                                          "distinct sessions")
+                    raise InvalidArgument(f"requests[{i}]: session {_quote(r.session_id)} "
+                                          f"repeats requests[{seen[r.session_id]}]; a batch "
+                                          "steps distinct sessions")
                 seen[r.session_id] = i
 
         # Decide what each request is (stored answer, in flight, new) before changing anything.
@@ -254,13 +273,17 @@ class SessionStore:
                 elif s.pending is None and s.last is not None and r.step == s.last.step:
                     plan.append(("stored", s))
                 elif s.pending is None and r.step == s.window.step:
+                    if r.step > 0 and not abs(s.window.return_to_go - r.reward) <= F32_MAX:
+                        raise InvalidArgument(
+                            f"{where(i)}reward {r.reward:g} would take the return-to-go "
+                            f"beyond the float32 range the actor sees")
                     plan.append(("new", s))
                 else:
                     expected = s.pending.step + 1 if s.pending else s.window.step
                     answered = f"; step {s.last.step} was the last answered" if s.last else ""
                     raise FailedPrecondition(
-                        f"{where(i)}session {r.session_id!r}: step {r.step} is out of order, "
-                        f"expected step {expected}{answered}")
+                        f"{where(i)}session {_quote(r.session_id)}: step {r.step} is out of "
+                        f"order, expected step {expected}{answered}")
             for i, ((kind, s), r) in enumerate(zip(plan, requests)):
                 s.last_used = now
                 if kind == "stored":
@@ -276,7 +299,7 @@ class SessionStore:
                     new.append((i, s, s.pending, w, inputs))
 
         if new:
-            self._run(new, results)
+            self._run(new, results, batch)
         for i, p in waits:
             p.done.wait()
             if p.error is not None:
@@ -284,20 +307,29 @@ class SessionStore:
             results[i] = p.result
         return results  # type: ignore[return-value]
 
-    def _run(self, new, results) -> None:
+    def _run(self, new, results, batch: bool) -> None:
         try:
             actions = np.asarray(self.infer([inp for *_, inp in new]), dtype=np.float32)
             if actions.shape != (len(new), self.meta.act_dim):
                 raise ValueError(f"inference returned shape {actions.shape}, expected "
                                  f"{(len(new), self.meta.act_dim)}")
+            # A finite sum means finite values (~1 us; the exact check alone costs ~4 us).
+            if not math.isfinite(actions.sum()) and not np.isfinite(actions).all():
+                bad = np.flatnonzero(~np.isfinite(actions).all(axis=1))
+                # Finite but extreme inputs (e.g. 3e38) overflow inside a transformer; a NaN
+                # must never reach a robot, and np.minimum/maximum would let it through.
+                at = f"requests[{new[bad[0]][0]}]: " if batch else ""
+                raise InvalidArgument(f"{at}the policy's action is not finite for this "
+                                      "observation (values beyond the range the model handles)")
         except Exception as e:
-            err = ServingError(f"inference failed: {type(e).__name__}: {e}")
+            err = e if isinstance(e, InvalidArgument) else ServingError(
+                f"inference failed: {type(e).__name__}: {e}")
             with self._lock:
                 for _, s, p, _, _ in new:
                     s.pending = None  # the window is untouched: the client may retry
                     p.error = err
                     p.finish()
-            raise err from e
+            raise err from (None if err is e else e)
         # np.clip costs ~15 us on tiny arrays; two ufuncs cost ~2 us.
         actions = np.minimum(np.maximum(actions, self._low), self._high)
         with self._lock:
@@ -320,11 +352,11 @@ class SessionStore:
         if s is None:
             why = self._ended.get(sid)
             if why == "closed":
-                raise NotFound(f"session {sid!r} was closed")
+                raise NotFound(f"session {_quote(sid)} was closed")
             if why == "expired":
-                raise NotFound(f"session {sid!r} expired (idle for more than "
+                raise NotFound(f"session {_quote(sid)} expired (idle for more than "
                                f"{self.idle_timeout_s:g} s)")
-            raise NotFound(f"unknown session {sid!r}")
+            raise NotFound(f"unknown session {_quote(sid)}")
         return s
 
     def _expire_locked(self, now: float) -> int:

@@ -2,6 +2,7 @@
 clear errors for bad data through the CLI."""
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -157,8 +158,9 @@ def test_bad_data_gives_clear_error_and_nonzero_exit(tmp_path, run_cli, case, me
     assert "Traceback" not in res.stderr
 
 
-def test_cli_collect_and_info_json(tmp_path, run_cli):
-    out = tmp_path / "p"
+def test_cli_collect_and_info_json(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = Path("data") / "p"  # relative, as a user types it
     res = run_cli("collect", "--env", "Pendulum-v1", "--steps", "400", "--seed", "3",
                   "--out", str(out), "--json")
     assert res.exit_code == 0, res.stderr

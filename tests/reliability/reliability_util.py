@@ -77,7 +77,7 @@ nonfinite = st.sampled_from([math.nan, math.inf, -math.inf])
 @st.composite
 def bad_observations(draw):
     """An explicit list of floats: odd values, or a wrong length."""
-    kind = draw(st.sampled_from(["finite", "extreme", "nonfinite", "length"]))
+    kind = draw(st.sampled_from(["finite", "extreme", "nonfinite", "length", "length"]))
     if kind == "finite":
         return draw(st.lists(finite32, min_size=S, max_size=S))
     if kind == "extreme":
@@ -560,18 +560,19 @@ class ServeProcess:
         from serving_util import health_status
 
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log()
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if health_status(self.address, "vidt.v1.PolicyService") == "SERVING":
                     return self
             except Exception:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"server did not become SERVING:\n{self.log()}")
+        self.stop()  # never leave a server behind, whatever the caller does with the error
+        raise AssertionError(f"server did not become SERVING:\n{self.log_path.read_text()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def metric(self, name: str) -> float:
@@ -679,3 +680,40 @@ def drive(address: str, policy, sessions: int, steps: int, *, channels: int = 8,
             "first_errors": errors[:5], "mismatches": mismatches, "max_abs_diff": worst,
             "wall_s": round(wall, 2), "acts_per_s": round(done * steps / wall, 1),
             "alive_threads": sum(t.is_alive() for t in threads)}
+
+
+# ---- a client that vanishes ---------------------------------------------------------------------
+
+# A client process that opens sessions (ActStream and Act) mid-episode, says so, and waits to
+# be killed: the server only sees its sockets die.
+VANISHING_CLIENT = """
+import sys, time
+from vidt.serving.client import PolicyClient
+streams, unary, S = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+c = PolicyClient(sys.argv[1], retries=0)
+# Act sessions first: once the streams hold every server thread, a unary call would queue.
+for s in [c.session() for _ in range(unary)]:
+    for t in range(3):
+        s.act([0.1 * t] + [0.2] * (S - 1), 1.0)
+for _ in range(streams):
+    s = c.stream()
+    for t in range(3):
+        s.act([0.1 * t] + [0.2] * (S - 1), 1.0)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def vanish(address: str, streams: int, unary: int, obs_dim: int = S) -> None:
+    """Run VANISHING_CLIENT until it holds its sessions, then SIGKILL it."""
+    import signal
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", VANISHING_CLIENT, address, str(streams),
+                              str(unary), str(obs_dim)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        child.stdout.close()

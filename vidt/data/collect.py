@@ -93,7 +93,8 @@ def collect(
         act = _OnnxActor(policy, env_id, target_return, obs_dim, act_dim)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_root = Path(tempfile.mkdtemp(prefix=".collect-", dir=out.parent))
+    # Absolute: Minari resolves dataset paths against its root in ways a relative root breaks.
+    tmp_root = Path(tempfile.mkdtemp(prefix=".collect-", dir=out.parent.resolve()))
     safe = re.sub(r"[^A-Za-z0-9]+", "-", env_id).strip("-").lower()
     algo = "random" if policy == "random" else "onnx-policy"
     dataset_id = f"vidt/{safe}-{algo}-v0"

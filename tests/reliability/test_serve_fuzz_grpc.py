@@ -1,4 +1,4 @@
-"""The request fuzzer of test_fuzz_core.py over the real gRPC server on a loopback port (one
+"""The request fuzzer of test_serve_fuzz_core.py over the real gRPC server on a loopback port (one
 server for the module): the same oracle, plus what only the transport adds (float32 on the
 wire, message size limits, status codes in trailers, the stream form). After every case health
 is SERVING for both names and an untouched canary session acts as a local replay says."""
@@ -71,3 +71,13 @@ def test_act_stream_fuzz_over_grpc(harness, ks, r):
 @given(target=target_returns)
 def test_create_session_fuzz_over_grpc(harness, target):
     harness.create(target)
+
+
+def test_act_batch_over_the_request_limit(server, harness, fuzz_counts):
+    """1,025 requests (small enough for the byte limit) exceed ActBatch's 1,024: refused
+    before any session is looked at, and the server goes on."""
+    fuzz_counts["batch over the request limit"] += 1
+    code, msg = harness.t.act_batch([(f"id{i}", 0, [0.0] * 3, 0.0) for i in range(1025)])
+    assert code == "INVALID_ARGUMENT" and "at most 1024" in msg, (code, msg)
+    with harness.case([1, 0, 0]):
+        pass  # the canary and the victims still step as their replays say
