@@ -77,14 +77,6 @@ def parse_seeds(s: str) -> list[int]:
     return out
 
 
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def read_rows(run_dir: Path) -> list[dict]:
@@ -132,7 +124,9 @@ def config_for(bench: Bench, algo: str, seed: int, dataset: str | None, online_s
 
 
 def same_settings(a: dict, b: dict) -> list[str]:
-    fa, fb = flat(a), flat(b)
+    from vidt.train.config import flatten_dict
+
+    fa, fb = flatten_dict(a), flatten_dict(b)
     return [k for k in sorted(set(fa) | set(fb)) if k not in IGNORED_KEYS and fa.get(k) != fb.get(k)]
 
 

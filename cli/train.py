@@ -48,7 +48,7 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
     Ctrl-C writes a checkpoint; `--resume` continues from it.
     """
     from vidt.errors import ConfigError
-    from vidt.train.config import TrainConfig, parse_set, read_toml, resolve
+    from vidt.train.config import TrainConfig, flatten_dict, parse_set, read_toml, resolve
 
     run_dir = Path(out)
     overrides: dict = {}
@@ -64,7 +64,7 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
         # The run's own config, with only what was given again on top of it.
         base = json.loads(saved_path.read_text())
         cfg = resolve(base["env_id"], base["algo"], base["preset"],
-                      overrides={**_flat(base), **overrides})
+                      overrides={**flatten_dict(base), **overrides})
     else:
         if resume:
             raise ConfigError(f"{run_dir}: nothing to resume (no config.json); drop --resume")
@@ -108,11 +108,3 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
         sys.exit(130)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out

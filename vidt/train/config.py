@@ -370,6 +370,17 @@ def apply_overrides(d: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
     return d
 
 
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"d_model": 64}} -> {"model.d_model": 64}: the dotted keys of --set."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten_dict(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def flatten_toml(data: dict[str, Any], source: str) -> dict[str, Any]:
     """A TOML document ([model] tables and top-level keys) as flat dotted overrides."""
     flat: dict[str, Any] = {}

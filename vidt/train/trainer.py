@@ -47,7 +47,7 @@ from .checkpoint import (
     numpy_rng_state,
     set_numpy_rng_state,
 )
-from .config import TrainConfig
+from .config import TrainConfig, flatten_dict
 from .learner import Learner
 from .metrics import LossMeter, MetricsLog
 
@@ -452,15 +452,7 @@ RESUMABLE_CHANGES = ("online.online_steps", "device")
 
 def check_resume_config(saved: TrainConfig, new: TrainConfig) -> None:
     """A resumed run keeps its config; only the budget and the device may change."""
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{k}."))
-            else:
-                out[prefix + k] = v
-        return out
-    a, b = flat(saved.to_dict()), flat(new.to_dict())
+    a, b = flatten_dict(saved.to_dict()), flatten_dict(new.to_dict())
     diff = [k for k in a if a[k] != b.get(k) and k not in RESUMABLE_CHANGES]
     if diff:
         shown = ", ".join(f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in diff[:6])
