@@ -83,8 +83,7 @@ def last_eval(run_dir: Path) -> dict:
     import csv
 
     rows = [r for r in csv.DictReader(open(run_dir / "metrics.csv")) if r.get("eval_return_mean")]
-    first = next((r for r in rows if r["phase"] == "online"), rows[0])
-    return {"first": rows[0], "first_online": first, "last": rows[-1]}
+    return {"pretrained": rows[0], "last": rows[-1]}
 
 
 def main() -> int:
@@ -149,7 +148,7 @@ def main() -> int:
         "|---|---|",
         f"| dataset (random policy) | {info['episodes']} episodes, {info['steps']} steps, "
         f"mean return {info['return_mean']:.1f} |",
-        f"| training eval before finetuning | {float(curve['first_online']['eval_return_mean']):.1f} |",
+        f"| training eval before finetuning | {float(curve['pretrained']['eval_return_mean']):.1f} |",
         f"| training eval, final ({curve['last']['online_env_steps']} online steps) | "
         f"{float(curve['last']['eval_return_mean']):.1f} |",
         f"| served return ({ev['episodes']} episodes) | {ev['return_mean']:.1f} ± {ev['return_std']:.1f} |",
