@@ -41,7 +41,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "reliability")]
 
-from reliability_util import ServeProcess, drive, vanish, wait_until  # noqa: E402
+from reliability_util import ServeProcess, drive, session_when_free, vanish, wait_until  # noqa: E402
 from serving_util import health_status, make_policy_onnx  # noqa: E402
 
 from vidt.serving.client import PolicyClient, ServerError  # noqa: E402
@@ -92,6 +92,10 @@ def phase_load(model, tmp, policy, sessions, steps, failures) -> dict:
 def phase_limit(model, tmp, policy, failures) -> dict:
     refused, done, errors = [0], [0], []
     lock = threading.Lock()
+
+    def count_refusal():
+        with lock:
+            refused[0] += 1
     with ServeProcess(model, tmp, "--max-sessions", "16", "--idle-timeout", "2") as srv:
         srv.wait_serving()
         S = policy.metadata.obs_dim
@@ -99,18 +103,7 @@ def phase_limit(model, tmp, policy, failures) -> dict:
         def run(k):
             try:
                 with PolicyClient(srv.address, retries=0) as c:
-                    deadline = time.monotonic() + 120
-                    while True:
-                        try:
-                            s = c.session()
-                            break
-                        except ServerError as e:
-                            if e.code.name != "RESOURCE_EXHAUSTED" or time.monotonic() > deadline:
-                                raise
-                            with lock:
-                                refused[0] += 1
-                            time.sleep(0.01)
-                    with s:
+                    with session_when_free(c, 120, count_refusal) as s:
                         for t in range(50):
                             s.act(np.full(S, 0.01 * t, np.float32), 0.1)
                 with lock:

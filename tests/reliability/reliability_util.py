@@ -517,6 +517,22 @@ class Harness:
         assert self.t.alive()
 
 
+def session_when_free(client, deadline_s: float, on_refused, pause: float = 0.01):
+    """client.session(), retried while the server answers RESOURCE_EXHAUSTED (session limit
+    reached) until `deadline_s` seconds have passed; on_refused() counts each refusal."""
+    from vidt.serving.client import ServerError
+
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return client.session()
+        except ServerError as e:
+            if e.code.name != "RESOURCE_EXHAUSTED" or time.monotonic() > deadline:
+                raise
+            on_refused()
+            time.sleep(pause)
+
+
 def wait_until(pred, timeout: float = 10.0, every: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

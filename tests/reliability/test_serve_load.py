@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from reliability_util import ServeProcess, drive, episode, replay, wait_until
+from reliability_util import ServeProcess, drive, episode, replay, session_when_free, wait_until
 
 from vidt.serving.client import PolicyClient, ServerError
 
@@ -74,21 +74,14 @@ def test_session_limit_then_service_resumes(tiny_model, tmp_path, policy, fuzz_c
         done, errors, refused = [], [], [0]
         lock = threading.Lock()
 
+        def count_refusal():
+            with lock:
+                refused[0] += 1
+
         def run(k):
             obs, rew = episode(k % 8)
             try:
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        s = c.session()
-                        break
-                    except ServerError as e:
-                        if e.code.name != "RESOURCE_EXHAUSTED" or time.monotonic() > deadline:
-                            raise
-                        with lock:
-                            refused[0] += 1
-                        time.sleep(0.02)
-                with s:
+                with session_when_free(c, 60, count_refusal, pause=0.02) as s:
                     got = [s.act(obs[t], rew[t]) for t in range(8)]
                 assert abs(got[-1] - replay(policy, k % 8, 8)[-1]).max() < 1e-5
                 done.append(k)
