@@ -118,23 +118,11 @@ def free_port() -> int:
 
 
 def wait_serving(address: str, proc, timeout: float = 120.0) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from vidt.serving.client import wait_serving as healthy
 
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited with {proc.returncode}")
-            try:
-                r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise SystemExit(f"server at {address} did not become SERVING")
+    if not healthy(address, timeout, alive=lambda: proc.poll() is None, service=""):
+        raise SystemExit(f"server at {address} did not become SERVING "
+                         f"(exit code {proc.poll()})")
 
 
 def wait_port(address: str, proc, timeout: float = 60.0) -> None:

@@ -58,27 +58,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_serving(address: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise StageFailed(f"stage 'serve' failed: the server exited {proc.returncode}")
-            try:
-                r = stub.Check(health_pb2.HealthCheckRequest(service="vidt.v1.PolicyService"),
-                               timeout=1.0)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise StageFailed(f"stage 'serve' failed: not SERVING after {timeout:.0f} s")
-
-
 def last_eval(run_dir: Path) -> dict:
     import csv
 
@@ -119,7 +98,12 @@ def main() -> int:
         port = free_port()
         address = f"127.0.0.1:{port}"
         server = subprocess.Popen([VIDT, "serve", "--model", str(onnx), "--port", str(port)])
-        wait_serving(address, server)
+        from vidt.serving.client import wait_serving
+
+        if not wait_serving(address, timeout=60, alive=lambda: server.poll() is None):
+            raise StageFailed("stage 'serve' failed: " + (
+                f"the server exited {server.returncode}" if server.poll() is not None
+                else "not SERVING after 60 s"))
 
         banner("5/5 eval", f"{EPISODES} episodes of {ENV} against {address}")
         ev = json.loads(run("eval", "eval", "--server", address, "--env", ENV, "--episodes",

@@ -49,6 +49,29 @@ class ServerError(VidtError):
         self.method, self.code, self.details = method, code, details
 
 
+def wait_serving(address: str, timeout: float = 60.0, alive=None,
+                 service: str = "vidt.v1.PolicyService") -> bool:
+    """Poll grpc health until `service` is SERVING at `address` (plaintext). False when
+    `timeout` seconds pass first, or as soon as alive() (e.g. a server process still
+    running) turns False."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if alive is not None and not alive():
+                return False
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    return False
+
+
 def _obs_list(observation) -> list[float]:
     return np.asarray(observation, dtype=np.float32).reshape(-1).tolist()
 
