@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except OSError as e:  # the machine's problem, not a bug of ours: disk full, permissions...
+        if os.environ.get("VIDT_DEBUG"):
+            raise
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

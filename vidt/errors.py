@@ -17,3 +17,8 @@ class ConfigError(VidtError):
 
 class ModelFileError(VidtError):
     """An ONNX file or checkpoint that is corrupt, truncated, foreign or mismatched."""
+
+
+class StorageError(VidtError):
+    """A file of ours cannot be written or a run directory used: disk full, read-only or
+    unwritable location, or a run directory held by another process."""

@@ -10,6 +10,7 @@ A run directory holds two files of ours:
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidt.errors import ModelFileError
+from vidt.errors import ModelFileError, StorageError
 from vidt.model.dt import Actor, DecisionTransformer, ModelConfig, ModelSpec
 
 CHECKPOINT = "checkpoint.pt"
@@ -26,32 +27,108 @@ ACTOR = "actor.pt"
 FORMAT_VERSION = 1
 
 
-def atomic_save(obj, path: str | Path) -> None:
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable: without this a power loss can bring back the old directory
+    entry (or none). Best effort: not every platform or filesystem allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# mkstemp makes 0600 files; run files get the mode open() would give them (read once at
+# import, since reading the umask means setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _atomic_write(path: str | Path, write) -> None:
+    """Call write(binary_file) on a temp file beside `path`, then rename it over `path`: the
+    file is the old one or the new one, never half of either, whatever kills the process.
+    An OSError becomes a StorageError naming `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise StorageError(f"could not write {path}: {e.strerror or e}") from e
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # disk full, read-only, permissions: say which file
+            raise StorageError(f"could not write {path}: {e.strerror or e}") from e
         raise
+    _fsync_dir(path.parent)
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    # Serialised in memory first: torch's zip writer turns a failed write (disk full) into a
+    # RuntimeError about file positions, which would hide the OSError a user can act on.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(text.encode(), path)
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
+# Files of a run directory written through _atomic_write: a SIGKILL mid-write leaves
+# `.NAME.XXXX.tmp` behind, which the next trainer on that directory removes.
+ATOMIC_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, "learning_curve.png")
+LOCK_FILE = ".vidt-train.lock"
+
+
+def remove_stale_temps(run_dir: Path) -> list[str]:
+    removed = []
+    for p in run_dir.iterdir():
+        if p.name.endswith(".tmp") and any(p.name.startswith(f".{n}.") for n in ATOMIC_FILES):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p.name)
+    return removed
+
+
+class RunDirLock:
+    """An exclusive flock on RUN_DIR/.vidt-train.lock for a trainer's lifetime, so that two
+    trainers (a forgotten background run and a `--resume`) never write one run directory.
+    The kernel drops the lock when the process dies, even by SIGKILL: no stale locks."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+
+        self._fd: int | None = None
+        self.path = Path(run_dir) / LOCK_FILE
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StorageError(f"{run_dir} is in use by another vidt train (pid {holder}); "
+                               f"wait for it or stop it first") from None
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    __del__ = release
 
 
 def load_file(path: str | Path, map_location="cpu") -> dict:

@@ -11,7 +11,7 @@ import io
 import math
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_bytes, atomic_write_text
 
 COLUMNS = [
     "phase", "iteration", "online_env_steps", "actor_updates", "critic_updates", "wall_time_s",
@@ -92,9 +92,9 @@ class MetricsLog:
         ax.set_title(self.title)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        tmp = self.run_dir / ".learning_curve.png.tmp"
-        fig.savefig(tmp, format="png")
-        tmp.replace(self.run_dir / "learning_curve.png")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        atomic_write_bytes(buf.getvalue(), self.run_dir / "learning_curve.png")
 
     def close(self) -> None:
         if self.writer is not None:

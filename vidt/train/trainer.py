@@ -15,6 +15,7 @@ never interrupted (same seed, CPU).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -31,7 +32,7 @@ import torch
 import vidt
 from vidt.data.episode import Episode
 from vidt.envs import get_family, make_env, normalized_score
-from vidt.errors import ConfigError, DatasetError
+from vidt.errors import ConfigError, DatasetError, StorageError
 from vidt.model.dt import Actor, ModelSpec
 from vidt.window import ContextWindow, WindowInputs
 
@@ -40,11 +41,14 @@ from .checkpoint import (
     ACTOR,
     CHECKPOINT,
     FORMAT_VERSION,
+    LOCK_FILE,
+    RunDirLock,
     actor_payload,
     atomic_save,
     atomic_write_text,
     load_file,
     numpy_rng_state,
+    remove_stale_temps,
     set_numpy_rng_state,
 )
 from .config import TrainConfig, flatten_dict
@@ -100,24 +104,36 @@ def check_dims(episodes: list[Episode], obs_dim: int, act_dim: int, env_id: str,
                            f"{env_id} has {obs_dim}/{act_dim}")
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:
+def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> RunDirLock:
+    """Check, create and lock the run directory; returns the lock the trainer holds."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir} exists and is not a directory")
-    if resume:
-        if not (run_dir / "config.json").exists():
-            raise ConfigError(f"{run_dir}: nothing to resume (no config.json); drop --resume")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not force:
-            raise ConfigError(f"{run_dir} is not empty: pass --resume to continue that run "
-                              f"or --force to start over in it")
-        for name in RUN_FILES:  # only our own files: never delete what a user put there
-            p = run_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and not (run_dir / "config.json").exists():
+        raise ConfigError(f"{run_dir}: nothing to resume (no config.json); drop --resume")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunDirLock(run_dir)  # before deleting anything: the run may be live elsewhere
+    except OSError as e:
+        raise StorageError(f"cannot use {run_dir} as a run directory: {e.strerror or e}") from None
+    try:
+        if not resume and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+            if not force:
+                raise ConfigError(f"{run_dir} is not empty: pass --resume to continue that run "
+                                  f"or --force to start over in it")
+            for name in RUN_FILES:  # only our own files: never delete what a user put there
+                p = run_dir / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        stale = remove_stale_temps(run_dir)
+        if stale:
+            log.info("removed %d partial file(s) left by an interrupted write: %s", len(stale),
+                     ", ".join(stale))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 # ---------------------------------------------------------------- rollouts
@@ -189,7 +205,14 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = resolve_device(cfg.device)
         self.progress = progress
-        prepare_run_dir(self.run_dir, resume, force)
+        self.lock = prepare_run_dir(self.run_dir, resume, force)
+        try:
+            self._setup(cfg, resume)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, cfg: TrainConfig, resume: bool) -> None:
         if resume:
             saved = TrainConfig.from_dict(json.loads((self.run_dir / "config.json").read_text()))
             check_resume_config(saved, cfg)
@@ -305,8 +328,13 @@ class Trainer:
         self.wall_time += self._elapsed()
         self._t0 = time.perf_counter()
         state = self._state()
-        atomic_save(state, self.run_dir / CHECKPOINT)
-        atomic_save(state["actor_file"], self.run_dir / ACTOR)
+        for name, obj in ((CHECKPOINT, state), (ACTOR, state["actor_file"])):
+            try:
+                atomic_save(obj, self.run_dir / name)
+            except StorageError as e:
+                raise StorageError(
+                    f"{e}. The previous {name} is intact; free space or fix permissions, "
+                    f"then continue with `vidt train --out {self.run_dir} --resume`") from None
 
     # ------------------------------------------------------------ evaluation
 
@@ -353,11 +381,16 @@ class Trainer:
                    disable=not self.progress, dynamic_ncols=True, unit="")
         try:
             done = self._loop(bar)
+        except BaseException:
+            with contextlib.suppress(Exception):  # e.g. a full disk: keep the first error
+                self.metrics.close()
+            raise
+        else:
+            self.metrics.close()
         finally:
             bar.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
-            self.metrics.close()
         return self._result(interrupted=not done)
 
     def _bar(self, bar, rate: float) -> None:
@@ -445,6 +478,7 @@ class Trainer:
     def close(self) -> None:
         for env in [self.collect_env, *self.eval_envs]:
             env.close()
+        self.lock.release()
 
 
 RESUMABLE_CHANGES = ("online.online_steps", "device")
