@@ -27,7 +27,8 @@ import click
               help="TOML file of config values ([model], [online], ... tables).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any config field, e.g. --set model.d_model=64 (repeatable).")
-@click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run directory.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (required, except with --dry-run).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
 @click.option("--force", is_flag=True, help="Start over in a non-empty --out (replaces our files only).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config as JSON and exit.")
@@ -48,9 +49,18 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
     Ctrl-C writes a checkpoint; `--resume` continues from it.
     """
     from vidt.errors import ConfigError
-    from vidt.train.config import TrainConfig, flatten_dict, parse_set, read_toml, resolve
+    from vidt.train.config import (
+        TrainConfig,
+        flatten_dict,
+        parse_set,
+        read_run_config,
+        read_toml,
+        resolve,
+    )
 
-    run_dir = Path(out)
+    if out is None and not dry_run:
+        raise click.UsageError("Missing option '--out' (the run directory).")
+    run_dir = Path(out or ".")
     overrides: dict = {}
     if config_file:
         overrides.update(read_toml(config_file))
@@ -62,7 +72,7 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
     saved_path = run_dir / "config.json"
     if resume and saved_path.exists():
         # The run's own config, with only what was given again on top of it.
-        base = json.loads(saved_path.read_text())
+        base = read_run_config(run_dir)
         cfg = resolve(base["env_id"], base["algo"], base["preset"],
                       overrides={**flatten_dict(base), **overrides})
     else:

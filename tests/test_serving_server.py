@@ -127,11 +127,26 @@ def test_act_stream_and_batch_equal_local_onnxruntime(client, policy):
     np.testing.assert_allclose(got, np.stack(wants), atol=1e-5)
 
 
+class SlowerPolicy:
+    """The real onnxruntime policy plus 3 ms per call, as a larger model would take: calls of
+    concurrent sessions then overlap on any machine, however loaded, so batches must form."""
+
+    def __init__(self, policy):
+        self._policy = policy
+
+    def predict(self, inputs):
+        time.sleep(0.003)
+        return self._policy.predict(inputs)
+
+    def __getattr__(self, name):
+        return getattr(self._policy, name)
+
+
 def test_concurrent_sessions_are_batched_and_equal_unbatched(policy):
     n, T = 12, 6
     eps = [episode(n=T, seed=10 + k) for k in range(n)]
     wants = [local_actions(policy, o, r) for o, r in eps]
-    with running_server(policy, max_batch=64, batch_window_us=2000) as srv:
+    with running_server(SlowerPolicy(policy), max_batch=64, batch_window_us=2000) as srv:
         results, errors = [None] * n, []
         barrier = threading.Barrier(n)
 

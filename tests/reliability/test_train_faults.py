@@ -140,20 +140,21 @@ def test_full_disk_at_a_checkpoint_is_a_clear_error_and_resume_continues(tmp_pat
     assert rows(run_dir) == rows(tmp_path / "ref")
 
 
-def test_run_dir_that_cannot_exist_is_a_clear_error(tmp_path):
+def test_run_dir_that_cannot_exist_is_a_clear_error(tmp_path, dataset):
     (tmp_path / "a_file").write_text("not a directory")
-    res = run(*BASE, "--online-steps", "200", "--out", str(tmp_path / "a_file" / "run"))
+    res = run(*BASE, "--dataset", str(dataset), "--online-steps", "200",
+              "--out", str(tmp_path / "a_file" / "run"))
     one_line_error(res, "cannot use", "a_file/run", "Not a directory")
 
 
-def test_unwritable_run_dir_is_a_clear_error(tmp_path):
+def test_unwritable_run_dir_is_a_clear_error(tmp_path, dataset):
     if os.geteuid() == 0:
         pytest.skip("root writes through permission bits; the read-only tmpfs test covers root")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     run_dir.chmod(0o555)
     try:
-        res = run(*BASE, "--online-steps", "200", "--out", str(run_dir))
+        res = run(*BASE, "--dataset", str(dataset), "--online-steps", "200", "--out", str(run_dir))
         one_line_error(res, "cannot use", "Permission denied")
     finally:
         run_dir.chmod(0o755)

@@ -6,6 +6,7 @@ Every problem with a file becomes a DatasetError that names the file and the pro
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -90,24 +91,27 @@ def load_d4rl(path: str | os.PathLike) -> list[Episode]:
         f = h5py.File(path, "r")
     except OSError as e:
         raise DatasetError(f"{name}: not a readable HDF5 file ({e})") from None
-    with f:
-        missing = [k for k in D4RL_KEYS if k not in f]
-        if missing:
-            raise DatasetError(
-                f"{name}: missing key(s) {', '.join(missing)} (D4RL layout needs "
-                f"observations, actions, rewards, terminals; timeouts and "
-                f"next_observations are optional)")
-        try:
+    # A damaged file can fail anywhere inside h5py, with RuntimeError as often as OSError.
+    try:
+        with f:
+            missing = [k for k in D4RL_KEYS if k not in f]
+            if missing:
+                raise DatasetError(
+                    f"{name}: missing key(s) {', '.join(missing)} (D4RL layout needs "
+                    f"observations, actions, rewards, terminals; timeouts and "
+                    f"next_observations are optional)")
             data = {k: np.asarray(f[k]) for k in (*D4RL_KEYS, "timeouts", "next_observations")
                     if k in f}
-        except (OSError, TypeError) as e:
-            raise DatasetError(f"{name}: cannot read its arrays ({e})") from None
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise DatasetError(f"{name}: cannot read its arrays, the file is damaged ({e})") from None
     n = len(data["observations"])
     if n == 0:
         raise DatasetError(f"{name}: the dataset is empty (0 steps)")
     for k, v in data.items():
         if len(v) != n:
             raise DatasetError(f"{name}: '{k}' has {len(v)} rows, 'observations' has {n}")
+        if not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
+            raise DatasetError(f"{name}: '{k}' holds {v.dtype} values, not numbers")
     obs = data["observations"].astype(np.float32).reshape(n, -1)
     acts = data["actions"].astype(np.float32).reshape(n, -1)
     rews = data["rewards"].astype(np.float32).reshape(n)
@@ -171,6 +175,13 @@ def _minari_dataset(source: str | os.PathLike):
     if path.is_dir():
         for data_dir in (path / "data", path):
             if (data_dir / "main_data.hdf5").exists() or (data_dir / "metadata.json").exists():
+                meta = data_dir / "metadata.json"
+                try:
+                    if not isinstance(json.loads(meta.read_text()), dict):
+                        raise ValueError("not a JSON object")
+                except (OSError, ValueError) as e:
+                    raise DatasetError(f"{path}: not a readable Minari dataset: {meta.name} "
+                                       f"is missing or broken ({e})") from None
                 try:
                     return minari.MinariDataset(str(data_dir)), str(path)
                 except Exception as e:  # minari raises several types for bad directories
@@ -205,7 +216,7 @@ def load_minari(source: str | os.PathLike) -> list[Episode]:
     try:
         eps = list(ds.iterate_episodes())
     except Exception as e:
-        raise DatasetError(f"{name}: cannot read its episodes ({e})") from None
+        raise DatasetError(f"{name}: cannot read its episodes from data/main_data.hdf5 ({e})") from None
     for ep in eps:
         obs = _flat(ep.observations)  # (T+1, S)
         T = len(ep.rewards)

@@ -361,13 +361,26 @@ def apply_overrides(d: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
             cls = _SECTION_CLASSES.get(sec)
             types = _field_types(cls) if cls else {}
             if name not in types:
-                raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(_known_keys())}")
+                raise _unknown_key(key)
             d[sec][name] = _coerce(key, value, types[name])
         else:
             if key in _SECTION_CLASSES or key not in top_types:
-                raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(_known_keys())}")
+                raise _unknown_key(key)
             d[key] = _coerce(key, value, top_types[key])
     return d
+
+
+def _unknown_key(key: str) -> ConfigError:
+    import difflib
+
+    known = _known_keys()
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    section = key.split(".", 1)[0] + "."
+    if not close:  # a right section with a wrong name: list that section's keys
+        close = [k for k in known if k.startswith(section)][:12]
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}; `vidt train --env ENV --dry-run` "
+                       f"prints every key with its value")
 
 
 def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -406,9 +419,25 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
     return flatten_toml(data, str(p))
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """RUN_DIR/config.json as written by the trainer, or a ConfigError saying what is wrong."""
+    p = Path(run_dir) / "config.json"
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir}: nothing to resume (no config.json); drop --resume") from None
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise ConfigError(f"{p} is damaged ({e}); start a new run or restore the file") from None
+    if not isinstance(data, dict) or "env_id" not in data:
+        raise ConfigError(f"{p} is not a vidt run config (no env_id); start a new run")
+    return data
 
 
 def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -51,7 +51,7 @@ from .checkpoint import (
     remove_stale_temps,
     set_numpy_rng_state,
 )
-from .config import TrainConfig, flatten_dict
+from .config import TrainConfig, flatten_dict, read_run_config
 from .learner import Learner
 from .metrics import LossMeter, MetricsLog
 
@@ -205,19 +205,7 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = resolve_device(cfg.device)
         self.progress = progress
-        self.lock = prepare_run_dir(self.run_dir, resume, force)
-        try:
-            self._setup(cfg, resume)
-        except BaseException:
-            self.lock.release()
-            raise
-
-    def _setup(self, cfg: TrainConfig, resume: bool) -> None:
-        if resume:
-            saved = TrainConfig.from_dict(json.loads((self.run_dir / "config.json").read_text()))
-            check_resume_config(saved, cfg)
-        atomic_write_text(cfg.to_json() + "\n", self.run_dir / "config.json")
-
+        # Inputs first, so a bad env or dataset fails before the run directory is touched.
         self.family = get_family(cfg.env_id)
         kw = {"max_episode_steps": cfg.online.max_episode_steps} if cfg.online.max_episode_steps else {}
         self.collect_env = make_env(cfg.env_id, **kw)
@@ -232,6 +220,25 @@ class Trainer:
         check_dims(self.offline, S, A, cfg.env_id, cfg.dataset or "built-in data")
         all_obs = np.concatenate([e.observations for e in self.offline]).astype(np.float64)
         state_mean, state_std = all_obs.mean(0), all_obs.std(0) + 1e-6
+
+        try:
+            self.lock = prepare_run_dir(self.run_dir, resume, force)
+        except BaseException:
+            self._close_envs()
+            raise
+        try:
+            self._setup(cfg, resume, state_mean, state_std)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, cfg: TrainConfig, resume: bool, state_mean, state_std) -> None:
+        if resume:
+            saved = TrainConfig.from_dict(read_run_config(self.run_dir))
+            check_resume_config(saved, cfg)
+        atomic_write_text(cfg.to_json() + "\n", self.run_dir / "config.json")
+        spec_env = self.collect_env
+        S, A = int(spec_env.observation_space.shape[0]), int(spec_env.action_space.shape[0])
 
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
@@ -475,9 +482,12 @@ class Trainer:
             final_normalized_score=None if score in ("", None) else float(score),
             metrics=list(self.metrics.rows), interrupted=interrupted)
 
-    def close(self) -> None:
+    def _close_envs(self) -> None:
         for env in [self.collect_env, *self.eval_envs]:
             env.close()
+
+    def close(self) -> None:
+        self._close_envs()
         self.lock.release()
 
 
