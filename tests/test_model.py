@@ -110,3 +110,21 @@ def test_timestep_embedding_switch():
     t = torch.arange(5).repeat(4, 1)
     assert not torch.allclose(m(s, a, r, mask, t), m(s, a, r, mask, t + 7))
     assert np.isfinite(m(s, a, r, mask, t).detach().numpy()).all()
+
+
+def test_act_last_equals_the_full_forwards_last_step():
+    """Acting computes only the last s_t token in the last block (and drops the last a_t
+    token); it must give exactly the full forward's last-step action, padding included."""
+    for stochastic in (False, True):
+        for te in (False, True):
+            m = _model(stochastic=stochastic, timestep_embedding=te).eval()
+            for pad in (0, 2, 4):
+                s, a, r, mask = _inputs(B=6, K=5, pad=pad, seed=pad)
+                ts = (torch.arange(5)[None] + torch.randint(0, 50, (6, 1))) * mask.long()
+                with torch.no_grad():
+                    full = m(s, a, r, mask, ts)[:, -1]
+                    last = m.act_last(s, a, r, mask, ts)
+                    enc = m.encode(s, a, r, mask, ts)[:, -1]
+                    enc_last = m.encode_last(s, a, r, mask, ts)
+                torch.testing.assert_close(last, full, atol=1e-6, rtol=1e-5)
+                torch.testing.assert_close(enc_last, enc, atol=1e-5, rtol=1e-5)

@@ -80,6 +80,21 @@ class SelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, d)
         return self.resid_drop(self.proj(y))
 
+    def forward_last(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """The last token's output only: (B, T, d), allowed (B, 1, 1, T) -> (B, 1, d). Keys
+        and values of every token, the query of the last one: a T-th of the attention.
+        (One qkv product for all tokens: slicing the weight instead would copy it on every
+        call in onnxruntime, which does not fold slices of initializers.)"""
+        B, T, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)  # (B, T, d) each
+        q = q[:, -1:]  # (B, 1, d)
+        q = q.view(B, 1, self.n_head, d // self.n_head).transpose(1, 2)  # (B, h, 1, d/h)
+        k, v = (t.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for t in (k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.n_head)  # (B, h, 1, T)
+        att = att.masked_fill(~allowed, -1e9).softmax(dim=-1)
+        y = (self.attn_drop(att) @ v).transpose(1, 2).reshape(B, 1, d)
+        return self.resid_drop(self.proj(y))
+
 
 class Block(nn.Module):
     """GPT-2 pre-LayerNorm block: x + attn(ln(x)), x + mlp(ln(x))."""
@@ -93,6 +108,11 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), allowed)
+        return x + self.mlp(self.ln2(x))
+
+    def forward_last(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """forward(x, ...)[:, -1:] without computing the other tokens' outputs."""
+        x = x[:, -1:] + self.attn.forward_last(self.ln1(x), allowed)  # (B, 1, d)
         return x + self.mlp(self.ln2(x))
 
 
@@ -123,6 +143,27 @@ class DecisionTransformer(nn.Module):
         timesteps: torch.Tensor | None = None,  # (B, K) long, only with timestep_embedding
     ) -> torch.Tensor:
         B, K, _ = states.shape
+        x = self._tokens(states, actions, rtg, timesteps)  # (B, 3K, d)
+        allowed = attention_mask(mask.repeat_interleave(3, dim=1))  # (B, 1, 3K, 3K)
+        for block in self.blocks:
+            x = block(x, allowed)
+        x = self.ln_f(x).reshape(B, K, 3, -1)  # (B, K, 3, d)
+        return x[:, :, 1]  # (B, K, d): hidden state of each s_t token
+
+    def encode_last(self, states, actions, rtg, mask, timesteps=None) -> torch.Tensor:
+        """encode(...)[:, -1], the last s_t token's hidden state (B, d), for acting: the last
+        a_t token comes after it (causal: never attended) and is left out, and the last
+        block computes only this token's query and MLP. Same inputs as encode()."""
+        x = self._tokens(states, actions, rtg, timesteps)[:, :-1]  # (B, 3K-1, d)
+        allowed = attention_mask(mask.repeat_interleave(3, dim=1)[:, :-1])  # (B, 1, 3K-1, 3K-1)
+        for block in self.blocks[:-1]:
+            x = block(x, allowed)
+        x = self.blocks[-1].forward_last(x, allowed[:, :, -1:])  # (B, 1, d)
+        return self.ln_f(x)[:, 0]  # (B, d)
+
+    def _tokens(self, states, actions, rtg, timesteps) -> torch.Tensor:
+        """Embedded (R_t, s_t, a_t) tokens interleaved per step: (B, 3K, d)."""
+        B, K, _ = states.shape
         tok_r = self.embed_rtg(rtg.unsqueeze(-1))  # (B, K, d)
         tok_s = self.embed_state(states)  # (B, K, d)
         tok_a = self.embed_action(actions)  # (B, K, d)
@@ -130,18 +171,21 @@ class DecisionTransformer(nn.Module):
             t = self.embed_time(timesteps.clamp(0, self.cfg.max_timestep - 1))
             tok_r, tok_s, tok_a = tok_r + t, tok_s + t, tok_a + t
         x = torch.stack([tok_r, tok_s, tok_a], dim=2).reshape(B, 3 * K, -1)  # (B, 3K, d)
-        x = self.drop(self.embed_ln(x))
-        allowed = attention_mask(mask.repeat_interleave(3, dim=1))  # (B, 1, 3K, 3K)
-        for block in self.blocks:
-            x = block(x, allowed)
-        x = self.ln_f(x).reshape(B, K, 3, -1)  # (B, K, 3, d)
-        return x[:, :, 1]  # (B, K, d): hidden state of each s_t token
+        return self.drop(self.embed_ln(x))
 
     def forward(self, states, actions, rtg, mask, timesteps=None) -> torch.Tensor:
         """Deterministic action per step in [-1, 1]: (B, K, A). For the stochastic head, the
         tanh of the mean (its mode), which is what evaluation and export use."""
         h = self.encode(states, actions, rtg, mask, timesteps)
         out = self.head(h)  # (B, K, A) or (B, K, 2A)
+        if self.cfg.stochastic:
+            out = out[..., : self.spec.act_dim]
+        return torch.tanh(out)
+
+    def act_last(self, states, actions, rtg, mask, timesteps=None) -> torch.Tensor:
+        """forward(...)[:, -1], the current step's action (B, A) in [-1, 1], at a fraction of
+        the cost: see encode_last."""
+        out = self.head(self.encode_last(states, actions, rtg, mask, timesteps))  # (B, A|2A)
         if self.cfg.stochastic:
             out = out[..., : self.spec.act_dim]
         return torch.tanh(out)
@@ -273,8 +317,7 @@ class Actor(nn.Module):
     ) -> torch.Tensor:
         """Action for the last step of each window, within the action bounds: (B, A)."""
         s, a, r = self.network_inputs(observations, actions, returns_to_go, mask)
-        out = self.model(s, a, r, mask, timesteps)  # (B, K, A) in [-1, 1]
-        return self.from_unit(out[:, -1])  # (B, A)
+        return self.from_unit(self.model.act_last(s, a, r, mask, timesteps))  # (B, A)
 
     def network_inputs(self, observations, actions, returns_to_go, mask):
         """Raw values -> the transformer's inputs; padding slots become exactly zero."""
