@@ -5,6 +5,13 @@ and td3, at the given presets, in one run, and report the vidt/odt ratio.
 
 Data: random transitions of the env's own sizes (the update cost does not depend on them).
 The per-iteration time is the measured time per actor update x updates_per_iter (300).
+
+Where vidt's time goes (printed per preset): sampling, the TD target (the target actor's
+no-grad forward over the `interval` critic batches, then the target critic), the critic
+steps, the actor step (with the RL term through Q1) and the soft updates. The TD target's
+forward over 2 batches costs about 2/3 of the actor's forward+backward over one, so vidt/odt
+cannot fall below about 1 + td_target / actor_step without skipping work; that floor is
+printed beside the ratio.
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ def random_episodes(S: int, A: int, n: int = 20, T: int = 200, seed: int = 0) ->
 
 
 def time_updates(env_id: str, algo: str, preset: str, updates: int, device: str,
-                 warmup: int = 3) -> dict:
-    cfg = resolve(env_id, algo, preset, overrides={"device": device})
+                 warmup: int = 3, width: int | None = None) -> dict:
+    over = {"device": device, **({"model.d_model": width} if width else {})}
+    cfg = resolve(env_id, algo, preset, overrides=over)
     S, A = env_dims(env_id)
     torch.manual_seed(0)
     L = Learner(cfg, ModelSpec(S, A), np.zeros(S), np.ones(S), -np.ones(A), np.ones(A), device)
@@ -53,12 +61,48 @@ def time_updates(env_id: str, algo: str, preset: str, updates: int, device: str,
     if device == "cuda":
         torch.cuda.synchronize()
     per_update = (time.perf_counter() - t) / updates
-    return {"env": env_id, "algo": algo, "preset": preset, "device": device,
+    phases = time_phases(L, sampler, rng, updates, device) if cfg.uses_critic else {}
+    return {"phases_s": phases,"env": env_id, "algo": algo, "preset": preset, "device": device,
             "d_model": cfg.model.d_model, "n_layer": cfg.model.n_layer, "K": cfg.model.context_len,
             "batch": cfg.data.batch_size, "critic_steps_per_update":
                 cfg.loss.actor_update_interval if cfg.uses_critic else 0,
             "s_per_actor_update": per_update,
             "s_per_iteration": per_update * cfg.online.updates_per_iter}
+
+
+def time_phases(L: Learner, sampler, rng, updates: int, device: str) -> dict:
+    """Learner.update's steps (keep in step with it), timed one by one."""
+    from vidt.train.learner import _split, soft_update
+    from vidt.train.losses import td_target
+
+    lc, bs = L.cfg.loss, L.cfg.data.batch_size
+    sums = dict.fromkeys(("sample", "td_target", "critic_steps", "actor_step", "soft_updates"), 0.0)
+
+    def lap(key, t0):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        sums[key] += t1 - t0
+        return t1
+
+    for _ in range(updates):
+        t = time.perf_counter()
+        big = L.batch(sampler, bs * lc.actor_update_interval, rng)
+        t = lap("sample", t)
+        with torch.no_grad():
+            y = td_target(big, L.actor_target, L.critic_target, lc.gamma, lc.policy_noise,
+                          lc.noise_clip).float()
+        t = lap("td_target", t)
+        for part, y_part in zip(_split(big, lc.actor_update_interval),
+                                y.chunk(lc.actor_update_interval, dim=0)):
+            L.critic_step(part, y_part)
+        t = lap("critic_steps", t)
+        L.actor_step(part, rl=True)
+        t = lap("actor_step", t)
+        soft_update(L.critic_target, L.critic, lc.tau)
+        soft_update(L.actor_target, L.actor.model, lc.tau)
+        lap("soft_updates", t)
+    return {k: v / updates for k, v in sums.items()}
 
 
 def main():
@@ -69,13 +113,15 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--warmup", type=int, default=3, help="untimed updates first")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--width", type=int, default=None, help="override model.d_model")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for preset in args.presets:
-        res = {algo: time_updates(args.env, algo, preset, args.updates, args.device, args.warmup)
+        res = {algo: time_updates(args.env, algo, preset, args.updates, args.device, args.warmup,
+                                  args.width)
                for algo in ("odt", "vidt", "td3")}
         ratio = res["vidt"]["s_per_actor_update"] / res["odt"]["s_per_actor_update"]
         for r in res.values():
@@ -92,6 +138,14 @@ def main():
     for r in rows:
         print(f"{r['preset']:7} {r['algo']:5} {r['d_model']:5d} {r['K']:3d} {r['batch']:5d} "
               f"{r['s_per_actor_update']:11.4f} {r['s_per_iteration']:11.2f} {r['vidt_over_odt']:8.2f}")
+    for r in rows:
+        ph = r["phases_s"]
+        if r["algo"] != "vidt" or not ph:
+            continue
+        floor = 1 + ph["td_target"] / ph["actor_step"]
+        print(f"vidt at {r['preset']} (width {r['d_model']}), s per update: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in ph.items())
+              + f" (sum {sum(ph.values()):.4f}); floor without skipping work ~{floor:.2f}")
 
 
 if __name__ == "__main__":
