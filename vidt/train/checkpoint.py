@@ -13,7 +13,7 @@ import contextlib
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -38,23 +38,18 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-# mkstemp makes 0600 files; run files get the mode open() would give them (read once at
-# import, since reading the umask means setting it).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
 def _atomic_write(path: str | Path, write) -> None:
     """Call write(binary_file) on a temp file beside `path`, then rename it over `path`: the
     file is the old one or the new one, never half of either, whatever kills the process.
     An OSError becomes a StorageError naming `path`."""
     path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # os.open with 0o666 (not mkstemp's 0600): the file gets the user's umask, like open()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as e:
         raise StorageError(f"could not write {path}: {e.strerror or e}") from e
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -107,10 +102,12 @@ class RunDirLock:
     The kernel drops the lock when the process dies, even by SIGKILL: no stale locks."""
 
     def __init__(self, run_dir: Path):
-        import fcntl
-
         self._fd: int | None = None
         self.path = Path(run_dir) / LOCK_FILE
+        try:
+            import fcntl
+        except ImportError:  # not POSIX (Windows): run unlocked
+            return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
