@@ -28,7 +28,7 @@ import math
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -128,15 +128,6 @@ class _Session:
         self.id, self.window, self.last_used = sid, window, now
         self.last: StepResult | None = None  # the answer to the last step (for retries)
         self.pending: _Pending | None = None
-
-
-def _clone(window: ContextWindow) -> ContextWindow:
-    """A copy to step on, so that a failed inference leaves the session's window untouched.
-    The window's arrays are replaced, never written in place, so copying its deques (at most
-    eval_len references each) is enough: a few microseconds."""
-    w = object.__new__(type(window))
-    w.__dict__ = {k: v.copy() if type(v) is deque else v for k, v in window.__dict__.items()}
-    return w
 
 
 class SessionStore:
@@ -293,7 +284,7 @@ class SessionStore:
                         s.pending.done = threading.Event()
                     waits.append((i, s.pending))
                 else:
-                    w = _clone(s.window)
+                    w = s.window.copy()  # stepped on; kept only if inference succeeds
                     inputs = w.observe(observations[i], r.reward)
                     s.pending = _Pending(r.step)
                     new.append((i, s, s.pending, w, inputs))

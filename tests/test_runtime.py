@@ -90,7 +90,7 @@ def test_episode_matches_torch_actor_step_by_step(files, env_id, max_steps, one_
     env.close()
     assert steps >= 10
     w = policy.window
-    assert w.step == steps and len(w._obs) == 5  # only T_eval steps are kept
+    assert w.step == steps and len(w) == 5  # only T_eval steps are kept
     # the last reward has not been reported yet: the RTG counts the ones before it
     np.testing.assert_allclose(w.return_to_go, policy.metadata.default_target_return
                                - sum(rewards[:-1]), rtol=1e-9)

@@ -10,7 +10,6 @@ step's action a zero placeholder; after it acts, the caller records a_t.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +38,11 @@ class WindowInputs:
 
 class ContextWindow:
     """History of one episode for a return-conditioned actor (bounded memory: the last
-    `eval_len` steps only)."""
+    `eval_len` steps only).
+
+    The window lives in fixed arrays already laid out as the actor's inputs (left padding,
+    oldest step first); each step shifts them by one slot. Requests of a server and steps of
+    a rollout call this on every step, so it avoids building arrays from lists."""
 
     def __init__(self, obs_dim: int, act_dim: int, context_len: int, eval_len: int | None,
                  target_return: float):
@@ -52,10 +55,27 @@ class ContextWindow:
         self.return_to_go = float(target_return)
         self.total_reward = 0.0
         self.step = 0  # index of the next observation to be reported
-        self._obs: deque[np.ndarray] = deque(maxlen=eval_len)
-        self._act: deque[np.ndarray] = deque(maxlen=eval_len)
-        self._rtg: deque[float] = deque(maxlen=eval_len)
+        K = context_len
+        self._obs = np.zeros((K, obs_dim), dtype=np.float32)
+        self._act = np.zeros((K, act_dim), dtype=np.float32)
+        self._rtg = np.zeros(K, dtype=np.float32)
+        self._mask = np.zeros(K, dtype=np.float32)
+        self._ts = np.zeros(K, dtype=np.int64)
+        self._n = 0  # real steps held, at most eval_len
         self._awaiting_action = False
+
+    def __len__(self) -> int:
+        """Real steps in the window (at most eval_len)."""
+        return self._n
+
+    def copy(self) -> ContextWindow:
+        """An independent copy (a server steps on one, so that a failed inference leaves the
+        session's window as it was)."""
+        w = object.__new__(ContextWindow)
+        w.__dict__.update(self.__dict__)
+        for name in ("_obs", "_act", "_rtg", "_mask", "_ts"):
+            setattr(w, name, getattr(self, name).copy())
+        return w
 
     def observe(self, observation, reward: float = 0.0) -> WindowInputs:
         """Report o_t (and r_{t-1}, ignored at t = 0); returns the actor's inputs for step t."""
@@ -67,9 +87,20 @@ class ContextWindow:
         if self.step > 0:
             self.return_to_go -= float(reward)
             self.total_reward += float(reward)
-        self._obs.append(obs)
-        self._act.append(np.zeros(self.act_dim, dtype=np.float32))
-        self._rtg.append(self.return_to_go)
+        bufs = (self._obs, self._act, self._rtg, self._mask, self._ts)
+        for b in bufs:
+            b[:-1] = b[1:]  # one slot older (numpy copies overlapping slices correctly)
+        if self._n == self.eval_len:
+            if self.eval_len < self.context_len:  # the oldest step left the window: padding
+                for b in bufs:
+                    b[-self.eval_len - 1] = 0
+        else:
+            self._n += 1
+        self._obs[-1] = obs
+        self._act[-1] = 0.0  # placeholder: the action is what the actor predicts
+        self._rtg[-1] = self.return_to_go
+        self._mask[-1] = 1.0
+        self._ts[-1] = self.step
         self._awaiting_action = True
         return self.inputs()
 
@@ -84,17 +115,7 @@ class ContextWindow:
         self.step += 1
 
     def inputs(self) -> WindowInputs:
-        K, n = self.context_len, len(self._obs)
-        obs = np.zeros((1, K, self.obs_dim), dtype=np.float32)
-        act = np.zeros((1, K, self.act_dim), dtype=np.float32)
-        rtg = np.zeros((1, K), dtype=np.float32)
-        mask = np.zeros((1, K), dtype=np.float32)
-        ts = np.zeros((1, K), dtype=np.int64)
-        if n:
-            obs[0, K - n:] = np.stack(self._obs)
-            act[0, K - n:] = np.stack(self._act)
-            rtg[0, K - n:] = np.asarray(self._rtg, dtype=np.float32)
-            mask[0, K - n:] = 1.0
-            last = self.step if self._awaiting_action else self.step - 1
-            ts[0, K - n:] = np.arange(last - n + 1, last + 1)
-        return WindowInputs(obs, act, rtg, mask, ts)
+        """The actor's inputs for the current window, as new arrays (B = 1)."""
+        return WindowInputs(self._obs[None].copy(), self._act[None].copy(),
+                            self._rtg[None].copy(), self._mask[None].copy(),
+                            self._ts[None].copy())
