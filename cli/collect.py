@@ -13,7 +13,7 @@ from tqdm import tqdm
 @click.option("--policy", default="random", show_default=True,
               help="'random', or the path of an ONNX actor from `vidt export`.")
 @click.option("--steps", type=click.IntRange(min=1), required=True, help="Env steps to record.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seeds the first reset and the random policy: same seed, same data.")
 @click.option("--target-return", type=float, default=None,
               help="Return an ONNX policy is conditioned on (default: the one in its file).")

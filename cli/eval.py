@@ -18,7 +18,7 @@ from .serve import _read_token
               help="Return to condition on  [default: the policy's]")
 @click.option("--num-envs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Sub-envs of a vector env, stepped with ActBatch when > 1.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Episode e (sub-env i) is reset with seed + e (seed + i).")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="File holding the server's bearer token.")

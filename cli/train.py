@@ -20,7 +20,7 @@ import click
 @click.option("--online-steps", type=click.IntRange(min=0), default=None, help="Online env-step budget.")
 @click.option("--pretrain-updates", type=click.IntRange(min=0), default=None,
               help="Offline actor updates before going online.")
-@click.option("--seed", type=int, default=None, help="Random seed  [default: 0]")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed  [default: 0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="auto: CUDA when available  [default: auto]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,

@@ -247,6 +247,25 @@ def test_mismatched_model_through_collect_and_eval(good, tmp_path, run_cli):
     COUNTS["model"] += 3
 
 
+def test_non_finite_target_returns_are_refused(good, tmp_path, run_cli):
+    """A NaN target return would make NaN actions and a dataset of NaN rewards."""
+    from vidt.serving.runtime import OnnxPolicy
+
+    for bad in ("nan", "inf", "-inf"):
+        col = run_cli("collect", "--env", "Pendulum-v1", "--policy", str(good / "policy.onnx"),
+                      "--steps", "10", "--target-return", bad, "--out", str(tmp_path / bad))
+        assert_clear_error(col, "target-return")
+        assert not (tmp_path / bad).exists()
+        with running_server(OnnxPolicy(good / "policy.onnx", provider="cpu")) as server:
+            ev = run_cli("eval", "--server", server.address, "--env", "Pendulum-v1",
+                         "--episodes", "1", "--target-return", bad)
+        assert_clear_error(ev, "INVALID_ARGUMENT")
+        COUNTS["model"] += 2
+    res = run_cli("train", "--env", "Pendulum-v1", "--seed", "-1", "--dry-run")
+    assert_clear_error(res, "seed")
+    COUNTS["config"] += 1
+
+
 # ---- run directories and checkpoints: `vidt export`, `vidt train --resume` ---------------------
 
 def test_broken_runs_through_export_and_resume(good, tmp_path, run_cli):
@@ -319,6 +338,7 @@ SETS = {
     "not a number": ("model.d_model=abc", "d_model"),
     "zero heads": ("model.n_head=0", "n_head"),
     "NaN learning rate": ("optim.actor_lr=nan", "actor_lr"),
+    "negative seed": ("seed=-1", "seed"),
 }
 
 

@@ -5,6 +5,7 @@ as a local Minari dataset. No jax: Minari's DataCollector needs it, but
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import re
@@ -84,6 +85,8 @@ def collect(
         raise DatasetError(f"--steps must be at least 1, got {steps}")
     if out.exists():
         raise DatasetError(f"{out}: already exists; choose a new --out directory")
+    if target_return is not None and not math.isfinite(target_return):
+        raise DatasetError(f"--target-return must be a finite number, got {target_return}")
     env = make_env(env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if policy == "random":

@@ -164,6 +164,7 @@ class TrainConfig:
         _check(self.preset in PRESETS, f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
         _check(self.device in DEVICES, f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        _check(self.seed >= 0, f"seed must be >= 0 (numpy seeds are non-negative), got {self.seed}")
 
     @property
     def stochastic(self) -> bool:
