@@ -365,3 +365,13 @@ def test_broken_configs_through_train(good, tmp_path, run_cli):
             raise AssertionError(f"train --set, {name}: {e}") from None
         COUNTS["config"] += 1
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_outputs_that_cannot_be_written(good, tmp_path, run_cli):
+    (tmp_path / "a_file").write_text("not a directory")
+    under_file = tmp_path / "a_file" / "out"
+    col = run_cli("collect", "--env", "Pendulum-v1", "--steps", "10", "--out", str(under_file))
+    assert_clear_error(col, "a_file")
+    ex = run_cli("export", str(good / "run"), "--out", str(under_file / "p.onnx"))
+    assert_clear_error(ex, "a_file")
+    COUNTS["output"] += 2

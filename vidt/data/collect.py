@@ -95,9 +95,15 @@ def collect(
     else:
         act = _OnnxActor(policy, env_id, target_return, obs_dim, act_dim)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Absolute: Minari resolves dataset paths against its root in ways a relative root breaks.
-    tmp_root = Path(tempfile.mkdtemp(prefix=".collect-", dir=out.parent.resolve()))
+    try:
+        if out.parent.exists() and not out.parent.is_dir():
+            raise NotADirectoryError(20, f"{out.parent} is not a directory")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Absolute: Minari resolves dataset paths against its root in ways a relative root breaks.
+        tmp_root = Path(tempfile.mkdtemp(prefix=".collect-", dir=out.parent.resolve()))
+    except OSError as e:
+        env.close()
+        raise DatasetError(f"cannot write a dataset to {out}: {e.strerror or e}") from None
     safe = re.sub(r"[^A-Za-z0-9]+", "-", env_id).strip("-").lower()
     algo = "random" if policy == "random" else "onnx-policy"
     dataset_id = f"vidt/{safe}-{algo}-v0"
