@@ -4,7 +4,7 @@ collect (random policy) -> train (vidt, small preset) -> export (ONNX) -> serve 
 free loopback port) -> eval (Gymnasium episodes against the server) -> report.
 
 Everything lands in runs/demo/ (report.md, learning_curve.png, the dataset, the run, the
-ONNX file). A second run reuses what is already there. A failing stage stops the server it
+ONNX file). A second run reuses what is already there for the same knobs. A failing stage stops the server it
 started and says which stage failed.
 
 Knobs (environment variables):
@@ -70,7 +70,12 @@ def last_eval(run_dir: Path) -> dict:
 def main() -> int:
     t0 = time.monotonic()
     OUT.mkdir(parents=True, exist_ok=True)
-    data, run_dir, onnx = OUT / "data", OUT / "run", OUT / "policy.onnx"
+    # Named by what they depend on, so a rerun with other knobs never reuses the wrong one
+    # (a larger DEMO_STEPS resumes the same run and extends it).
+    safe = ENV.replace("/", "-")
+    data = OUT / f"data-{safe}-{DATA_STEPS}"
+    run_dir = OUT / f"run-{safe}-{PRESET}-data{DATA_STEPS}"
+    onnx = OUT / f"policy-{safe}.onnx"
     server = None
     try:
         banner("1/5 collect", f"{DATA_STEPS} random-policy steps on {ENV}")

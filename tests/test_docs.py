@@ -152,6 +152,11 @@ def test_make_demo_runs_the_demo_script(tmp_path):
     assert "reusing" in again.stderr
     assert re.search(r"served return \(2 episodes\) \| (-?[\d.]+)", again.stdout).group(1) == served
 
+    other = demo(DEMO_DATA_STEPS="400")  # other knobs: a dataset and run of their own
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "reusing" not in other.stderr
+    assert "3 episodes, 600 steps" in report and "2 episodes, 400 steps" in other.stdout
+
     broken = demo(DEMO_DIR=str(tmp_path / "broken"), DEMO_ENV="NoSuchEnv-v9")
     assert broken.returncode == 1
     assert "Demo failed: stage 'collect' failed" in broken.stderr
