@@ -26,7 +26,15 @@ def _report_counts():
     print(f"\nbad-input cases per category: {dict(COUNTS)}")
 
 
-def assert_clear_error(res, *needles: str) -> None:
+def assert_clear_error(res, *needles: str, case: str = "") -> None:
+    """One `Error:` line naming `needles`, exit 1 or 2, no traceback; `case` labels a failure."""
+    try:
+        _clear_error(res, needles)
+    except AssertionError as e:
+        raise AssertionError(f"{case}: {e}" if case else str(e)) from None
+
+
+def _clear_error(res, needles) -> None:
     assert res.exit_code in (1, 2), (res.exit_code, res.stderr[-2000:])
     assert "Traceback" not in res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("Error: ")]
@@ -178,16 +186,10 @@ def broken_datasets(good: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
 def test_broken_datasets_through_datasets_info_and_train(good, tmp_path, run_cli):
     for name, (source, word) in broken_datasets(good, tmp_path).items():
         info = run_cli("datasets", "info", str(source), "--env", "Pendulum-v1")
-        try:
-            assert_clear_error(info, word)
-        except AssertionError as e:
-            raise AssertionError(f"datasets info, {name}: {e}") from None
+        assert_clear_error(info, word, case=f"datasets info, {name}")
         train = run_cli("train", "--env", "Pendulum-v1", "--dataset", str(source), *TINY,
                         "--out", str(tmp_path / "runs" / f"{len(COUNTS)}"))
-        try:
-            assert_clear_error(train, word)
-        except AssertionError as e:
-            raise AssertionError(f"train --dataset, {name}: {e}") from None
+        assert_clear_error(train, word, case=f"train --dataset, {name}")
         COUNTS["dataset"] += 2
 
 
@@ -224,10 +226,7 @@ def test_broken_models_through_collect_and_serve(good, tmp_path, run_cli):
                       "--out", str(tmp_path / f"c{len(COUNTS)}"))
         srv = run_cli("serve", "--model", str(model), "--port", str(free_port()))
         for cmd, res in (("collect --policy", col), ("serve --model", srv)):
-            try:
-                assert_clear_error(res, word)
-            except AssertionError as e:
-                raise AssertionError(f"{cmd}, {name}: {e}") from None
+            assert_clear_error(res, word, case=f"{cmd}, {name}")
         COUNTS["model"] += 2
 
 
@@ -311,10 +310,7 @@ def test_broken_runs_through_export_and_resume(good, tmp_path, run_cli):
             checks.append(("train --resume", run_cli("train", "--out", str(run_dir), "--resume",
                                                      "--no-progress")))
         for cmd, res in checks:
-            try:
-                assert_clear_error(res, word)
-            except AssertionError as e:
-                raise AssertionError(f"{cmd}, {name}: {e}") from None
+            assert_clear_error(res, word, case=f"{cmd}, {name}")
             COUNTS["run dir"] += 1
         assert not out.exists()  # a failed export writes nothing
 
@@ -349,20 +345,14 @@ def test_broken_configs_through_train(good, tmp_path, run_cli):
         p.write_bytes(text if isinstance(text, bytes) else text.encode())
         for extra in (["--dry-run"], ["--out", str(tmp_path / "r")]):
             res = run_cli(*base, "--config", str(p), *extra)
-            try:
-                assert_clear_error(res, word)
-            except AssertionError as e:
-                raise AssertionError(f"train --config, {name}: {e}") from None
+            assert_clear_error(res, word, case=f"train --config, {name}")
             COUNTS["config"] += 1
     res = run_cli(*base, "--config", str(tmp_path / "missing.toml"), "--dry-run")
     assert_clear_error(res, "missing.toml")
     COUNTS["config"] += 1
     for name, (kv, word) in SETS.items():
         res = run_cli(*base, "--set", kv, "--dry-run")
-        try:
-            assert_clear_error(res, word)
-        except AssertionError as e:
-            raise AssertionError(f"train --set, {name}: {e}") from None
+        assert_clear_error(res, word, case=f"train --set, {name}")
         COUNTS["config"] += 1
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
