@@ -147,7 +147,11 @@ def collect(
                 ep_trunc[-1] = True  # the step budget ended it: a truncation, as Minari records
                 close_episode()
         writer.finish()
-        os.replace(tmp_root / dataset_id, out)
+        try:
+            os.replace(tmp_root / dataset_id, out)
+        except OSError as e:  # e.g. another collect wrote `out` meanwhile: never merge into it
+            raise DatasetError(f"cannot move the dataset into {out}: {e.strerror or e} "
+                               f"(did another process create it meanwhile?)") from None
     finally:
         writer.abort()
         env.close()
