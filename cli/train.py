@@ -48,7 +48,6 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
     learning_curve.png, checkpoint.pt (resumable) and actor.pt (for `vidt export`).
     Ctrl-C writes a checkpoint; `--resume` continues from it.
     """
-    from vidt.errors import ConfigError
     from vidt.train.config import (
         TrainConfig,
         flatten_dict,
@@ -69,15 +68,13 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
              "seed": seed, "device": device}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     overrides.update(parse_set(sets))
-    saved_path = run_dir / "config.json"
-    if resume and saved_path.exists():
-        # The run's own config, with only what was given again on top of it.
+    if resume:
+        # The run's own config, with only what was given again on top of it (read_run_config
+        # says "nothing to resume" when there is no config.json).
         base = read_run_config(run_dir)
         cfg = resolve(base["env_id"], base["algo"], base["preset"],
                       overrides={**flatten_dict(base), **overrides})
     else:
-        if resume:
-            raise ConfigError(f"{run_dir}: nothing to resume (no config.json); drop --resume")
         if "env_id" not in overrides:
             raise click.UsageError("--env is required (or env_id in --config)")
         cfg = resolve(overrides["env_id"], overrides.get("algo", "vidt"),
