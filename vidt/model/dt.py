@@ -69,30 +69,23 @@ class SelfAttention(nn.Module):
         self.attn_drop = nn.Dropout(dropout)
         self.resid_drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d); with last_only, the last token's output only, (B, 1, d), and
+        allowed is that token's row (B, 1, 1, T): keys and values of every token, one query.
+        (One qkv product for all tokens even then: slicing the weight instead would copy it
+        on every call in onnxruntime, which does not fold slices of initializers.)"""
         B, T, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)  # each (B, T, d)
-        q, k, v = (t.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.n_head)  # (B, h, T, T)
+        if last_only:
+            q = q[:, -1:]  # (B, 1, d)
+        Tq = q.shape[1]
+        q = q.view(B, Tq, self.n_head, d // self.n_head).transpose(1, 2)  # (B, h, Tq, d/h)
+        k, v = (t.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for t in (k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.n_head)  # (B, h, Tq, T)
         # masked_fill rather than scaled_dot_product_attention: it exports to ONNX exactly.
         att = att.masked_fill(~allowed, -1e9).softmax(dim=-1)
-        y = self.attn_drop(att) @ v  # (B, h, T, d/h)
-        y = y.transpose(1, 2).reshape(B, T, d)
-        return self.resid_drop(self.proj(y))
-
-    def forward_last(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """The last token's output only: (B, T, d), allowed (B, 1, 1, T) -> (B, 1, d). Keys
-        and values of every token, the query of the last one: a T-th of the attention.
-        (One qkv product for all tokens: slicing the weight instead would copy it on every
-        call in onnxruntime, which does not fold slices of initializers.)"""
-        B, T, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)  # (B, T, d) each
-        q = q[:, -1:]  # (B, 1, d)
-        q = q.view(B, 1, self.n_head, d // self.n_head).transpose(1, 2)  # (B, h, 1, d/h)
-        k, v = (t.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for t in (k, v))
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.n_head)  # (B, h, 1, T)
-        att = att.masked_fill(~allowed, -1e9).softmax(dim=-1)
-        y = (self.attn_drop(att) @ v).transpose(1, 2).reshape(B, 1, d)
+        y = self.attn_drop(att) @ v  # (B, h, Tq, d/h)
+        y = y.transpose(1, 2).reshape(B, Tq, d)
         return self.resid_drop(self.proj(y))
 
 
@@ -112,7 +105,7 @@ class Block(nn.Module):
 
     def forward_last(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """forward(x, ...)[:, -1:] without computing the other tokens' outputs."""
-        x = x[:, -1:] + self.attn.forward_last(self.ln1(x), allowed)  # (B, 1, d)
+        x = x[:, -1:] + self.attn(self.ln1(x), allowed, last_only=True)  # (B, 1, d)
         return x + self.mlp(self.ln2(x))
 
 
