@@ -1,10 +1,12 @@
 """Time one online iteration's updates (every actor and critic step included) for vidt, odt
 and td3, at the given presets, in one run, and report the vidt/odt ratio.
 
-    python benchmarks/train_speed.py --presets small paper --env Hopper-v5 --updates 20
+    python benchmarks/train_speed.py --presets small paper --env Hopper-v5 --threads 2
 
 Data: random transitions of the env's own sizes (the update cost does not depend on them).
 The per-iteration time is the measured time per actor update x updates_per_iter (300).
+Timed updates per algorithm default to the preset's (`small` 20, `paper` 2: one paper-size
+update takes seconds to tens of seconds on a CPU); `--updates` sets one count for all.
 
 Where vidt's time goes (printed per preset): sampling, the TD target (the target actor's
 no-grad forward over the `interval` critic batches, then the target critic), the critic
@@ -30,6 +32,8 @@ from vidt.model.dt import ModelSpec
 from vidt.train.buffer import SegmentSampler
 from vidt.train.config import resolve
 from vidt.train.learner import Learner
+
+DEFAULT_UPDATES = {"tiny": 50, "small": 20, "paper": 2}
 
 
 def random_episodes(S: int, A: int, n: int = 20, T: int = 200, seed: int = 0) -> list[Episode]:
@@ -66,7 +70,7 @@ def time_updates(env_id: str, algo: str, preset: str, updates: int, device: str,
             "d_model": cfg.model.d_model, "n_layer": cfg.model.n_layer, "K": cfg.model.context_len,
             "batch": cfg.data.batch_size, "critic_steps_per_update":
                 cfg.loss.actor_update_interval if cfg.uses_critic else 0,
-            "s_per_actor_update": per_update,
+            "timed_updates": updates, "s_per_actor_update": per_update,
             "s_per_iteration": per_update * cfg.online.updates_per_iter}
 
 
@@ -109,9 +113,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="Hopper-v5")
     ap.add_argument("--presets", nargs="+", default=["small", "paper"])
-    ap.add_argument("--updates", type=int, default=20)
+    ap.add_argument("--updates", type=int, default=None,
+                    help="timed updates per algorithm (default: tiny 50, small 20, paper 2)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed updates first")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed updates first (default: 3, paper 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--width", type=int, default=None, help="override model.d_model")
     ap.add_argument("--json", action="store_true")
@@ -120,8 +126,9 @@ def main():
         torch.set_num_threads(args.threads)
     rows = []
     for preset in args.presets:
-        res = {algo: time_updates(args.env, algo, preset, args.updates, args.device, args.warmup,
-                                  args.width)
+        updates = args.updates or DEFAULT_UPDATES[preset]
+        warmup = args.warmup if args.warmup is not None else (1 if preset == "paper" else 3)
+        res = {algo: time_updates(args.env, algo, preset, updates, args.device, warmup, args.width)
                for algo in ("odt", "vidt", "td3")}
         ratio = res["vidt"]["s_per_actor_update"] / res["odt"]["s_per_actor_update"]
         for r in res.values():
@@ -132,12 +139,13 @@ def main():
                           "threads": torch.get_num_threads(), "rows": rows}, indent=2))
         return
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.env}, {dev}, {args.updates} timed updates each")
-    print(f"{'preset':7} {'algo':5} {'width':>5} {'K':>3} {'batch':>5} {'s/actor upd':>11} "
+    print(f"{args.env}, {dev}")
+    print(f"{'preset':7} {'algo':5} {'width':>5} {'K':>3} {'batch':>5} {'timed':>5} {'s/actor upd':>11} "
           f"{'s/iteration':>11} {'vidt/odt':>8}")
     for r in rows:
         print(f"{r['preset']:7} {r['algo']:5} {r['d_model']:5d} {r['K']:3d} {r['batch']:5d} "
-              f"{r['s_per_actor_update']:11.4f} {r['s_per_iteration']:11.2f} {r['vidt_over_odt']:8.2f}")
+              f"{r['timed_updates']:5d} {r['s_per_actor_update']:11.4f} {r['s_per_iteration']:11.2f} "
+              f"{r['vidt_over_odt']:8.2f}")
     for r in rows:
         ph = r["phases_s"]
         if r["algo"] != "vidt" or not ph:
