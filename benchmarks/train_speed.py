@@ -13,7 +13,10 @@ no-grad forward over the `interval` critic batches, then the target critic), the
 steps, the actor step (with the RL term through Q1) and the soft updates. The TD target's
 forward over 2 batches costs about 2/3 of the actor's forward+backward over one, so vidt/odt
 cannot fall below about 1 + td_target / actor_step without skipping work; that floor is
-printed beside the ratio.
+printed beside the ratio. So is the ratio of arithmetic: FLOPs of one update of each, counted
+by torch's FlopCounterMode (matrix products, forward and backward; elementwise work is not
+counted): a time ratio below the FLOP ratio means vidt's extra work runs at least as
+efficiently as odt's own.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import time
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from vidt.data.episode import Episode
 from vidt.envs import env_dims
@@ -66,7 +70,9 @@ def time_updates(env_id: str, algo: str, preset: str, updates: int, device: str,
         torch.cuda.synchronize()
     per_update = (time.perf_counter() - t) / updates
     phases = time_phases(L, sampler, rng, updates, device) if cfg.uses_critic else {}
-    return {"phases_s": phases,"env": env_id, "algo": algo, "preset": preset, "device": device,
+    with FlopCounterMode(display=False) as flops:  # matmul-like ops, forward and backward
+        L.update(sampler, rng, rl=True)
+    return {"phases_s": phases, "gflop_per_update": flops.get_total_flops() / 1e9, "env": env_id, "algo": algo, "preset": preset, "device": device,
             "d_model": cfg.model.d_model, "n_layer": cfg.model.n_layer, "K": cfg.model.context_len,
             "batch": cfg.data.batch_size, "critic_steps_per_update":
                 cfg.loss.actor_update_interval if cfg.uses_critic else 0,
@@ -131,8 +137,9 @@ def main():
         res = {algo: time_updates(args.env, algo, preset, updates, args.device, warmup, args.width)
                for algo in ("odt", "vidt", "td3")}
         ratio = res["vidt"]["s_per_actor_update"] / res["odt"]["s_per_actor_update"]
+        flop_ratio = res["vidt"]["gflop_per_update"] / res["odt"]["gflop_per_update"]
         for r in res.values():
-            r["vidt_over_odt"] = ratio
+            r["vidt_over_odt"], r["flop_vidt_over_odt"] = ratio, flop_ratio
             rows.append(r)
     if args.json:
         print(json.dumps({"machine": platform.processor() or platform.machine(),
@@ -141,11 +148,11 @@ def main():
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.env}, {dev}")
     print(f"{'preset':7} {'algo':5} {'width':>5} {'K':>3} {'batch':>5} {'timed':>5} {'s/actor upd':>11} "
-          f"{'s/iteration':>11} {'vidt/odt':>8}")
+          f"{'s/iteration':>11} {'GFLOP/upd':>9} {'vidt/odt':>8} {'in FLOPs':>8}")
     for r in rows:
         print(f"{r['preset']:7} {r['algo']:5} {r['d_model']:5d} {r['K']:3d} {r['batch']:5d} "
               f"{r['timed_updates']:5d} {r['s_per_actor_update']:11.4f} {r['s_per_iteration']:11.2f} "
-              f"{r['vidt_over_odt']:8.2f}")
+              f"{r['gflop_per_update']:9.2f} {r['vidt_over_odt']:8.2f} {r['flop_vidt_over_odt']:8.2f}")
     for r in rows:
         ph = r["phases_s"]
         if r["algo"] != "vidt" or not ph:
