@@ -20,6 +20,18 @@ def test_mujoco_v5_uses_d4rl_references():
     assert fam.online_target_return == 2 * fam.eval_target_return == 10000
 
 
+@pytest.mark.parametrize("env_id, k, eval_k", [
+    ("Hopper-v5", 20, 5), ("AdroitHandPen-v1", 5, 5), ("AdroitHandHammer-v1", 5, 1),
+    ("AdroitHandDoor-v1", 5, 1), ("AdroitHandRelocate-v1", 5, 1), ("AntMaze_UMaze-v5", 1, 1),
+    ("AntMaze_Large_Diverse_GR-v5", 5, 1), ("PointMaze_Medium-v3", 1, 1),
+    ("PointMaze_Large-v3", 5, 1),
+])
+def test_context_lengths_follow_algorithm_md(env_id, k, eval_k):
+    # ALGORITHM.md's "K / T_eval" column: Adroit 5 / 1 (pen 5), AntMaze and Maze2D 1 (large 5) / 1.
+    fam = get_family(env_id)
+    assert (fam.context_len, fam.eval_context_len) == (k, eval_k)
+
+
 def test_no_reference_gives_none():
     assert normalized_score("vidt/OneState-v0", 1.0) is None
     assert normalized_score("PointMaze_Open-v3", 50.0) is None  # maze2d-open: no reference

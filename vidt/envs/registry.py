@@ -49,9 +49,11 @@ def _mujoco(env_id: str, eval_rtg: float, ref_min: float, ref_max: float) -> Env
     )
 
 
-def _adroit(env_id: str, rtg: float, scale: float, ref_min: float, ref_max: float, k: int) -> EnvFamily:
+def _adroit(env_id: str, rtg: float, scale: float, ref_min: float, ref_max: float,
+            eval_k: int) -> EnvFamily:
+    # ALGORITHM.md: K 5 for all four; acting uses the last step only, except pen (5).
     return EnvFamily(
-        env_id=env_id, family="adroit", context_len=k, eval_context_len=k if k == 5 else 1,
+        env_id=env_id, family="adroit", context_len=5, eval_context_len=eval_k,
         eval_target_return=rtg, online_target_return=rtg, reward_scale=scale,
         ref_min=ref_min, ref_max=ref_max, actor_update_interval=1, buffer_episodes=5000,
         pretrain_updates=40000, critic_layernorm=True, requires="robotics",
@@ -104,9 +106,9 @@ _FAMILIES: dict[str, EnvFamily] = {
             notes="references measured by benchmarks/pendulum_reference.py",
         ),
         _adroit("AdroitHandPen-v1", 120, 0.01, 96.262799, 3076.8331, 5),
-        _adroit("AdroitHandHammer-v1", 160, 0.001, -274.856578, 12794.1348, 5),
-        _adroit("AdroitHandDoor-v1", 40, 0.01, -56.512833, 2880.5693, 5),
-        _adroit("AdroitHandRelocate-v1", 50, 0.01, -6.425911, 4233.8778, 5),
+        _adroit("AdroitHandHammer-v1", 160, 0.001, -274.856578, 12794.1348, 1),
+        _adroit("AdroitHandDoor-v1", 40, 0.01, -56.512833, 2880.5693, 1),
+        _adroit("AdroitHandRelocate-v1", 50, 0.01, -6.425911, 4233.8778, 1),
         _antmaze("AntMaze_UMaze-v5", 1, -100),
         _antmaze("AntMaze_Medium_Diverse_GR-v5", 1, -200),
         _antmaze("AntMaze_Large_Diverse_GR-v5", 5, -500),
