@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from vidt.data import Episode, collect, load, load_d4rl, save_d4rl
+from vidt.data import Episode, collect, is_random_policy_data, load, load_d4rl, save_d4rl
 from vidt.errors import DatasetError
 
 
@@ -108,6 +108,23 @@ def test_minari_dataset_by_id_under_root(tmp_path, monkeypatch):
     assert all(e.truncated for e in eps)  # Pendulum only ever truncates
     with pytest.raises(DatasetError, match="no such file, directory or local Minari dataset"):
         load("vidt/missing-v0")
+
+
+def test_random_policy_data_is_told_by_the_datasets_own_labels(tmp_path, monkeypatch):
+    arrays = _d4rl_arrays()
+    for name, random in [("hopper-random-v2.hdf5", True), ("walker2d_random.h5", True),
+                         ("hopper-medium-v2.hdf5", False), ("randomized-v2.hdf5", False)]:
+        assert is_random_policy_data(_write_h5(tmp_path / name, arrays)) is random, name
+    collect("Pendulum-v1", tmp_path / "pend", steps=200, seed=0)
+    assert is_random_policy_data(tmp_path / "pend")  # vidt collect --policy random
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    assert is_random_policy_data("pend")  # the same, by id under the Minari root
+    meta = tmp_path / "pend" / "data" / "metadata.json"
+    info = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**info, "algorithm_name": "SAC", "dataset_id": "x/expert-v0"}))
+    assert not is_random_policy_data(tmp_path / "pend")
+    for source in (None, "builtin", tmp_path / "missing", "mujoco/hopper/random-v0"):
+        assert is_random_policy_data(source) is (source == "mujoco/hopper/random-v0"), source
 
 
 def test_builtin_onestate_data():

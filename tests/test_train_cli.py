@@ -47,6 +47,24 @@ def test_bad_config_refused(over, match):
         resolve("Pendulum-v1", overrides=over)
 
 
+def test_mujoco_collects_1000_steps_per_iteration_from_random_data_only(tmp_path):
+    # ALGORITHM.md, MuJoCo row: "random datasets: min 1000 steps per iteration" (else one
+    # episode); the dataset's own label decides, and an explicit setting still wins.
+    import h5py
+
+    files = {}
+    for kind in ("random", "medium"):
+        files[kind] = tmp_path / f"hopper-{kind}-v2.hdf5"
+        with h5py.File(files[kind], "w") as f:
+            f["observations"] = np.zeros((4, 11), np.float32)
+    steps = lambda **o: resolve("Hopper-v5", overrides=o).online.min_steps_per_iter  # noqa: E731
+    assert steps(dataset=str(files["random"])) == 1000
+    assert steps(dataset=str(files["medium"])) == 0
+    assert steps() == 0
+    assert steps(dataset=str(files["random"]), **{"online.min_steps_per_iter": 5}) == 5
+    assert resolve("Pendulum-v1").online.min_steps_per_iter == 1000  # its own family's rule
+
+
 def test_dry_run_prints_resolved_config(run_cli, tmp_path):
     r = run_cli(*ONE, "--set", "model.d_model=16", "--out", str(tmp_path / "r"), "--dry-run")
     assert r.exit_code == 0, r.stderr

@@ -45,6 +45,38 @@ def load(source: str | os.PathLike | None, env_id: str | None = None) -> list[Ep
     return episodes
 
 
+def is_random_policy_data(source: str | os.PathLike | None) -> bool:
+    """Whether `source` was recorded by a uniform random policy, as far as its own labels
+    say (ALGORITHM.md gives random datasets their own collection setting). Never raises:
+    an unreadable or unlabelled source counts as not random, and load() reports problems.
+
+    Minari: the dataset's `algorithm_name` ("random" for `vidt collect --policy random`) or
+    a `random` part in its id; D4RL: a `random` part in the file name (hopper-random-v2).
+    """
+    if source is None or str(source) == "builtin":
+        return False
+    path = Path(source)
+    if path.suffix.lower() in HDF5_SUFFIXES or path.is_file():
+        return _names_random(path.stem)
+    if not path.is_dir():
+        root = Path(os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")).expanduser()
+        path = root / str(source)
+    for meta in (path / "data" / "metadata.json", path / "metadata.json"):
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict):
+            return (info.get("algorithm_name") == "random"
+                    or _names_random(str(info.get("dataset_id", ""))))
+    return _names_random(str(source))
+
+
+def _names_random(name: str) -> bool:
+    last = name.replace("\\", "/").rsplit("/", 1)[-1].lower()
+    return "random" in last.replace("_", "-").split("-")
+
+
 def check_sizes(episodes: list[Episode], env_id: str, name: str) -> None:
     from vidt.envs import env_dims
 

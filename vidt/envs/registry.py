@@ -27,6 +27,7 @@ class EnvFamily:
     buffer_episodes: int = 1000
     pretrain_updates: int = 5000
     min_steps_per_iter: int = 0  # 0: one episode per online iteration
+    random_data_min_steps_per_iter: int | None = None  # instead, from random-policy data
     critic_layernorm: bool = False
     rl_from_start: bool = False
     gamma: float = 0.99
@@ -44,7 +45,8 @@ def _mujoco(env_id: str, eval_rtg: float, ref_min: float, ref_max: float) -> Env
         env_id=env_id, family="mujoco", context_len=20, eval_context_len=5,
         eval_target_return=eval_rtg, online_target_return=2 * eval_rtg, reward_scale=0.001,
         ref_min=ref_min, ref_max=ref_max, actor_update_interval=2, buffer_episodes=1000,
-        pretrain_updates=5000, min_steps_per_iter=1000, critic_lr=1e-3,
+        pretrain_updates=5000, min_steps_per_iter=0, random_data_min_steps_per_iter=1000,
+        critic_lr=1e-3,
         notes="v5 env scored with the D4RL v2 references of its family",
     )
 

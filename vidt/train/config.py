@@ -256,8 +256,11 @@ def _family_overrides(family, preset: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def default_dict(env_id: str, algo: str = "vidt", preset: str = "small") -> dict[str, Any]:
-    """The config as a nested dict before user overrides: family, preset, algorithm."""
+def default_dict(env_id: str, algo: str = "vidt", preset: str = "small",
+                 dataset: str | None = None) -> dict[str, Any]:
+    """The config as a nested dict before user overrides: family (and, where the family has a
+    rule for it, the kind of dataset), preset, algorithm."""
+    from vidt.data import is_random_policy_data
     from vidt.envs import get_family
 
     _check(algo in ALGOS, f"unknown algo {algo!r}: choose one of {', '.join(ALGOS)}")
@@ -271,8 +274,10 @@ def default_dict(env_id: str, algo: str = "vidt", preset: str = "small") -> dict
     d["optim"].update(critic_lr=fam.critic_lr)
     d["loss"].update(gamma=fam.gamma, actor_update_interval=fam.actor_update_interval,
                      rl_from_start=fam.rl_from_start)
-    d["online"].update(pretrain_updates=fam.pretrain_updates,
-                       min_steps_per_iter=fam.min_steps_per_iter,
+    min_steps = fam.min_steps_per_iter
+    if fam.random_data_min_steps_per_iter is not None and is_random_policy_data(dataset):
+        min_steps = fam.random_data_min_steps_per_iter  # MuJoCo: 1000 from random data
+    d["online"].update(pretrain_updates=fam.pretrain_updates, min_steps_per_iter=min_steps,
                        target_return=fam.online_target_return)
     d["eval"].update(target_return=fam.eval_target_return)
     for over in (_preset(preset, fam), _family_overrides(fam, preset)):
@@ -464,7 +469,8 @@ def resolve(env_id: str, algo: str = "vidt", preset: str = "small",
     algo = overrides.get("algo", file_over.get("algo", algo))
     preset = overrides.get("preset", file_over.get("preset", preset))
     env_id = overrides.get("env_id", file_over.get("env_id", env_id))
-    d = default_dict(env_id, algo, preset)
+    dataset = overrides.get("dataset", file_over.get("dataset"))
+    d = default_dict(env_id, algo, preset, dataset)
     d = apply_overrides(d, file_over)
     d = apply_overrides(d, overrides)
     try:
