@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,16 @@ class PolicyMetadata:
     reward_scale: float  # informative only: the graph applies it itself
     max_episode_steps: int  # the env's time limit; 0 if unknown
     model_version: str  # content hash of the weights and the rest of the metadata
+    # Added to each reported reward before it counts against the return-to-go: the rewards
+    # the actor was trained on (AntMaze: -1 per step). Optional: absent means 0.
+    reward_offset: float = 0.0
+
+    def new_window(self, target_return: float | None = None) -> ContextWindow:
+        """An empty window for one episode, sized and conditioned as this policy expects:
+        every consumer (server sessions, collection, export's checks) builds it here."""
+        rtg = self.default_target_return if target_return is None else float(target_return)
+        return ContextWindow(self.obs_dim, self.act_dim, self.context_len,
+                             self.eval_context_len, rtg, self.reward_offset)
 
     def to_props(self) -> dict[str, str]:
         out = {}
@@ -84,7 +94,9 @@ class PolicyMetadata:
         if fv != FORMAT_VERSION:
             raise ModelFileError(f"{source}: vidt file format {fv!r}; this vidt reads format "
                                  f"{FORMAT_VERSION!r} (upgrade vidt or re-export)")
-        missing = [PREFIX + f.name for f in fields(cls) if PREFIX + f.name not in props]
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        missing = [PREFIX + f.name for f in fields(cls)
+                   if PREFIX + f.name not in props and f.name not in optional]
         if missing:
             raise ModelFileError(f"{source}: vidt metadata lacks {', '.join(missing)}")
 
@@ -117,6 +129,8 @@ class PolicyMetadata:
             reward_scale=parse("reward_scale", float),
             max_episode_steps=parse("max_episode_steps", int),
             model_version=props[PREFIX + "model_version"],
+            reward_offset=(parse("reward_offset", float) if PREFIX + "reward_offset" in props
+                           else 0.0),
         )
         problems = []
         if m.obs_dim < 1 or m.act_dim < 1:
@@ -131,8 +145,9 @@ class PolicyMetadata:
         if m.context_len < 1 or not 1 <= m.eval_context_len <= m.context_len:
             problems.append(f"context_len={m.context_len}, eval_context_len="
                             f"{m.eval_context_len} (need 1 <= eval_context_len <= context_len)")
-        if not math.isfinite(m.default_target_return) or not math.isfinite(m.reward_scale):
-            problems.append("default_target_return and reward_scale must be finite")
+        if not all(math.isfinite(x) for x in (m.default_target_return, m.reward_scale,
+                                              m.reward_offset)):
+            problems.append("default_target_return, reward_scale and reward_offset must be finite")
         if m.max_episode_steps < 0:
             problems.append(f"max_episode_steps={m.max_episode_steps} must be >= 0")
         if problems:
@@ -282,9 +297,7 @@ class OnnxPolicy:
     # ---- one episode ----------------------------------------------------------------------
     def new_window(self, target_return: float | None = None) -> ContextWindow:
         """An empty window for one episode, sized and conditioned as this policy expects."""
-        m = self.metadata
-        rtg = m.default_target_return if target_return is None else float(target_return)
-        return ContextWindow(m.obs_dim, m.act_dim, m.context_len, m.eval_context_len, rtg)
+        return self.metadata.new_window(target_return)
 
     def reset(self, target_return: float | None = None) -> ContextWindow:
         """Start a new episode conditioned on `target_return` (default: the file's)."""

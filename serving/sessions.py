@@ -189,8 +189,7 @@ class SessionStore:
                     f"session limit reached ({self.max_sessions} open): close finished "
                     f"sessions, or wait for idle ones to expire after {self.idle_timeout_s:g} s")
             sid = secrets.token_urlsafe(12)
-            window = ContextWindow(m.obs_dim, m.act_dim, m.context_len, m.eval_context_len,
-                                   float(target_return))
+            window = m.new_window(float(target_return))
             self._sessions[sid] = _Session(sid, window, self.clock())
             self.created_total += 1
         return SessionCreated(sid, float(target_return), int(m.context_len),

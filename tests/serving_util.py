@@ -103,7 +103,7 @@ class NumpyActor:
 
     def __init__(self, obs_dim: int = 3, act_dim: int = 2, K: int = 4, eval_len: int = 3,
                  low: float = -1.0, high: float = 1.0, default_target_return: float = 10.0,
-                 seed: int = 0):
+                 seed: int = 0, reward_offset: float = 0.0):
         from vidt.serving.runtime import PolicyMetadata
 
         rng = np.random.default_rng(seed)
@@ -116,7 +116,7 @@ class NumpyActor:
             obs_dim=obs_dim, act_dim=act_dim, action_low=(low,) * act_dim,
             action_high=(high,) * act_dim, context_len=K, eval_context_len=eval_len,
             default_target_return=default_target_return, reward_scale=1.0,
-            max_episode_steps=0, model_version="numpy")
+            max_episode_steps=0, model_version="numpy", reward_offset=reward_offset)
         self.provider = "numpy"
         self.batch_sizes: list[int] = []
 
@@ -140,7 +140,8 @@ class NumpyActor:
 
         m = self.metadata
         w = ContextWindow(m.obs_dim, m.act_dim, m.context_len, m.eval_context_len,
-                          m.default_target_return if target_return is None else target_return)
+                          m.default_target_return if target_return is None else target_return,
+                          m.reward_offset)
         out = []
         for obs, r in zip(observations, rewards):
             a = self.predict(w.observe(obs, r))[0]

@@ -32,6 +32,12 @@ def test_context_lengths_follow_algorithm_md(env_id, k, eval_k):
     assert (fam.context_len, fam.eval_context_len) == (k, eval_k)
 
 
+def test_only_antmaze_shifts_rewards():
+    # ALGORITHM.md: AntMaze targets -100 / -200 / -500 count "reward -1 per step".
+    for fam in list_families():
+        assert fam.reward_offset == (-1.0 if fam.family == "antmaze" else 0.0), fam.env_id
+
+
 def test_no_reference_gives_none():
     assert normalized_score("vidt/OneState-v0", 1.0) is None
     assert normalized_score("PointMaze_Open-v3", 50.0) is None  # maze2d-open: no reference

@@ -95,6 +95,22 @@ def test_metadata_round_trip(exported):
     assert all(k.startswith("vidt.") for k in props)
     assert json.loads(props["vidt.action_low"]) == [-2.0]
     assert PolicyMetadata.from_props(props) == meta
+    assert meta.reward_offset == 0.0
+
+
+def test_reward_offset_travels_in_the_file_and_older_files_read_as_zero(tmp_path):
+    actor = pendulum_actor()
+    report = export_actor(actor, {**PENDULUM_META, "reward_offset": -1.0}, tmp_path / "p.onnx")
+    policy = OnnxPolicy(tmp_path / "p.onnx", provider="cpu")
+    assert policy.metadata.reward_offset == -1.0 == report.metadata.reward_offset
+    window = policy.new_window(10.0)
+    for reward in (0.0, 0.5, 2.0):  # the first step's reward is ignored
+        window.observe(np.zeros(3), reward)
+        window.record_action([0.0])
+    assert window.return_to_go == pytest.approx(10.0 - (0.5 - 1) - (2.0 - 1))
+    props = policy.metadata.to_props()
+    del props["vidt.reward_offset"]  # as written by vidt before the key existed
+    assert PolicyMetadata.from_props(props).reward_offset == 0.0
 
 
 def test_model_version_is_a_content_hash(exported, tmp_path):

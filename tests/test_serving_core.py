@@ -50,6 +50,21 @@ def test_session_actions_equal_a_local_window():
     assert summary.total_reward == pytest.approx(rew[1:].sum())
 
 
+def test_reward_offset_counts_against_the_return_to_go_not_the_reported_total():
+    # A policy trained on shifted rewards (AntMaze: -1 per step) gets the env's own rewards
+    # from clients; its windows must see what a plain window sees for the shifted rewards.
+    actor = NumpyActor(reward_offset=-1.0)
+    store = SessionStore(actor.metadata, actor.infer)
+    obs, rew = episode(n=9)
+    s = store.create(target_return=5.0)
+    got = [store.act(StepRequest(s.session_id, t, obs[t], rew[t])) for t in range(9)]
+    plain = NumpyActor()  # same weights (same seed), no offset, fed the shifted rewards
+    want = plain.reference_episode(obs, rew - 1.0, target_return=5.0)
+    np.testing.assert_allclose(np.stack([r.action for r in got]), want, atol=1e-6)
+    assert got[-1].return_to_go == pytest.approx(5.0 - (rew[1:] - 1.0).sum(), rel=1e-6)
+    assert store.close(s.session_id).total_reward == pytest.approx(rew[1:].sum())
+
+
 def test_default_target_return_and_created_fields():
     actor = NumpyActor(default_target_return=42.0)
     store = SessionStore(actor.metadata, actor.infer, idle_timeout_s=12.5)

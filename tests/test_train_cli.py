@@ -65,6 +65,27 @@ def test_mujoco_collects_1000_steps_per_iteration_from_random_data_only(tmp_path
     assert resolve("Pendulum-v1").online.min_steps_per_iter == 1000  # its own family's rule
 
 
+def test_reward_offset_shifts_what_the_agent_learns_from_not_what_it_reports(run_cli, tmp_path):
+    # data.reward_offset (AntMaze: -1) on the one-state task, where every reward is a known
+    # function of the action: r(a) = (a+1)^2 for a < 0, 1 - 2a otherwise, so |r| <= 1.
+    out = tmp_path / "run"
+    r = run_cli(*ONE, "--online-steps", "64", "--pretrain-updates", "5", "--set",
+                "data.reward_offset=-5", "--out", str(out), "--json")
+    assert r.exit_code == 0, r.stderr
+    from vidt.train.buffer import ReplayBuffer
+
+    buf = ReplayBuffer(1)
+    buf.load_state_dict(load_file(out / "checkpoint.pt")["buffer"])
+    actions = np.concatenate([e.actions[:, 0] for e in buf.episodes])
+    rewards = np.concatenate([e.rewards for e in buf.episodes])
+    raw = np.where(actions < 0, (actions + 1) ** 2, 1 - 2 * actions)
+    assert len(buf.episodes) > 128  # the offline data and the online episodes, all shifted
+    np.testing.assert_allclose(rewards, raw - 5, atol=1e-5)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert all(-1 <= float(row["eval_return_mean"]) <= 1 for row in rows)  # the env's own
+    assert load_actor(out)[1]["reward_offset"] == -5
+
+
 def test_dry_run_prints_resolved_config(run_cli, tmp_path):
     r = run_cli(*ONE, "--set", "model.d_model=16", "--out", str(tmp_path / "r"), "--dry-run")
     assert r.exit_code == 0, r.stderr

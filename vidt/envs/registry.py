@@ -27,6 +27,7 @@ class EnvFamily:
     buffer_episodes: int = 1000
     pretrain_updates: int = 5000
     min_steps_per_iter: int = 0  # 0: one episode per online iteration
+    reward_offset: float = 0.0  # added to each env reward the agent learns from (AntMaze: -1)
     random_data_min_steps_per_iter: int | None = None  # instead, from random-policy data
     critic_layernorm: bool = False
     rl_from_start: bool = False
@@ -68,6 +69,9 @@ def _antmaze(env_id: str, k: int, rtg: float) -> EnvFamily:
         eval_target_return=rtg, online_target_return=rtg, reward_scale=1.0,
         ref_min=0.0, ref_max=1.0, buffer_episodes=2000, critic_layernorm=True,
         rl_from_start=True, gamma=0.998, requires="robotics",
+        # 0 per step and 1 at the goal from gymnasium-robotics; the paper's targets (-100..-500)
+        # count -1 per step until the goal, as the authors' and IQL's "reward - 1" does.
+        reward_offset=-1.0,
     )
 
 

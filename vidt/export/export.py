@@ -30,7 +30,7 @@ import vidt
 from vidt.errors import ConfigError, ModelFileError
 from vidt.model import Actor
 from vidt.serving.runtime import FORMAT_VERSION, OnnxPolicy, PolicyMetadata
-from vidt.window import ContextWindow, WindowInputs
+from vidt.window import WindowInputs
 
 DEFAULT_OPSET = 17  # LayerNormalization is a single op from 17; onnxruntime >= 1.14 runs it
 PARITY_TOL = 1e-4  # max abs action difference eager vs onnxruntime (seen: <= 5e-7)
@@ -107,6 +107,7 @@ def build_metadata(actor: Actor, meta: dict, model_name: str) -> PolicyMetadata:
         reward_scale=reward_scale,
         max_episode_steps=int(meta.get("max_episode_steps") or 0),
         model_version="",
+        reward_offset=float(meta.get("reward_offset", 0.0)),
     )
 
 
@@ -145,8 +146,7 @@ def rollout_windows(act: Callable[[WindowInputs], np.ndarray], meta: PolicyMetad
     out: list[WindowInputs] = []
     start, episode = time.monotonic(), 0
     while len(out) < n and time.monotonic() - start < max_seconds:
-        window = ContextWindow(S, A, meta.context_len, meta.eval_context_len,
-                               meta.default_target_return)
+        window = meta.new_window()
         obs, _ = env.reset(seed=seed + episode)
         episode += 1
         reward, done = 0.0, False

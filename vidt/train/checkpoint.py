@@ -182,7 +182,7 @@ def load_actor(run_dir: str | Path, checkpoint: str | Path | None = None) -> tup
 
     checkpoint: a path to an actor.pt or checkpoint.pt (default RUN_DIR/actor.pt, falling
     back to RUN_DIR/checkpoint.pt). Metadata keys: env_id, algo, context_len,
-    eval_context_len, eval_target_return, online_target_return, reward_scale,
+    eval_context_len, eval_target_return, online_target_return, reward_scale, reward_offset,
     max_episode_steps, obs_dim, act_dim, action_low, action_high, model_name, stochastic,
     state_mean, state_std, online_env_steps, actor_updates, seed, vidt_version.
     """

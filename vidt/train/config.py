@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -60,11 +61,16 @@ class ModelSection:
 @dataclass(frozen=True)
 class DataSection:
     reward_scale: float = 0.001  # RTG tokens = returns x this (locomotion returns are ~1e3)
+    # Added to every env reward before it enters returns-to-go, the replay buffer and the
+    # critic (offline and online); evaluation returns stay the env's own. AntMaze: -1.
+    reward_offset: float = 0.0
     buffer_episodes: int = 1000  # replay capacity in whole episodes (ODT)
     batch_size: int = 256  # ODT/ViDT batch size
 
     def __post_init__(self):
         _check(self.reward_scale > 0, f"data.reward_scale must be > 0, got {self.reward_scale}")
+        _check(math.isfinite(self.reward_offset),
+               f"data.reward_offset must be finite, got {self.reward_offset}")
         _check(self.buffer_episodes >= 1, f"data.buffer_episodes must be >= 1, got {self.buffer_episodes}")
         _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
 
@@ -270,7 +276,8 @@ def default_dict(env_id: str, algo: str = "vidt", preset: str = "small",
                          **{name: {} for name in _SECTION_CLASSES}}
     d["model"].update(context_len=fam.context_len, eval_context_len=fam.eval_context_len,
                       critic_layernorm=fam.critic_layernorm)
-    d["data"].update(reward_scale=fam.reward_scale, buffer_episodes=fam.buffer_episodes)
+    d["data"].update(reward_scale=fam.reward_scale, reward_offset=fam.reward_offset,
+                     buffer_episodes=fam.buffer_episodes)
     d["optim"].update(critic_lr=fam.critic_lr)
     d["loss"].update(gamma=fam.gamma, actor_update_interval=fam.actor_update_interval,
                      rl_from_start=fam.rl_from_start)

@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +94,15 @@ def load_offline(cfg: TrainConfig) -> list[Episode]:
     episodes = [e for e in episodes if len(e) > 0]
     if not episodes:
         raise DatasetError(f"{cfg.dataset or 'built-in data'}: no episodes")
-    return episodes
+    return [with_reward_offset(e, cfg.data.reward_offset) for e in episodes]
+
+
+def with_reward_offset(episode: Episode, offset: float) -> Episode:
+    """The episode as the agent learns from it: every reward plus `offset` (data.reward_offset,
+    AntMaze -1), so the RTGs, hindsight relabels and TD targets all see the same rewards."""
+    if offset == 0:
+        return episode
+    return replace(episode, rewards=(episode.rewards + np.float32(offset)).astype(np.float32))
 
 
 def check_dims(episodes: list[Episode], obs_dim: int, act_dim: int, env_id: str, name: str) -> None:
@@ -146,7 +154,8 @@ def play(actor: Actor, envs: list, cfg: TrainConfig, target_return: float, devic
 
     The window is vidt.window.ContextWindow: the same code the server uses. explore: Gaussian
     noise (deterministic head) or a sample (stochastic head) instead of the deterministic
-    action. Returns the episodes (observed rewards only).
+    action. Returns the episodes with the env's own rewards (the windows' return-to-go counts
+    data.reward_offset per step, as the server's does).
     """
     m = cfg.model
     S, A = actor.model.spec.obs_dim, actor.model.spec.act_dim
@@ -154,7 +163,8 @@ def play(actor: Actor, envs: list, cfg: TrainConfig, target_return: float, devic
     high = actor.act_bias + actor.act_scale
     low_np, high_np = low.cpu().numpy(), high.cpu().numpy()
     n = len(envs)
-    windows = [ContextWindow(S, A, m.context_len, m.eval_context_len, target_return) for _ in envs]
+    windows = [ContextWindow(S, A, m.context_len, m.eval_context_len, target_return,
+                             cfg.data.reward_offset) for _ in envs]
     obs = [env.reset(seed=s)[0] if s is not None else env.reset()[0] for env, s in zip(envs, seeds)]
     traj = [{"o": [], "a": [], "r": [], "o2": []} for _ in envs]
     last_r = [0.0] * n
@@ -323,7 +333,8 @@ class Trainer:
             "eval_target_return": cfg.eval.target_return,
             "online_target_return": cfg.online.target_return,
             "default_target_return": cfg.eval.target_return,
-            "reward_scale": cfg.data.reward_scale, "max_episode_steps": self.max_episode_steps,
+            "reward_scale": cfg.data.reward_scale, "reward_offset": cfg.data.reward_offset,
+            "max_episode_steps": self.max_episode_steps,
             "obs_dim": a.model.spec.obs_dim, "act_dim": a.model.spec.act_dim,
             "action_low": low, "action_high": high, "stochastic": cfg.stochastic,
             "timestep_embedding": cfg.model.timestep_embedding,
@@ -444,7 +455,7 @@ class Trainer:
                 while steps < max(1, o.min_steps_per_iter):
                     ep = play(L.actor, [self.collect_env], cfg, o.target_return, self.device, [None],
                               explore=True, rng=self.rng, max_steps=self.step_cap)[0]
-                    self.buffer.add(ep)
+                    self.buffer.add(with_reward_offset(ep, cfg.data.reward_offset))
                     steps += len(ep)
                 self.online_env_steps += steps
                 self.iter_collected = True
