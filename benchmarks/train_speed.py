@@ -34,7 +34,7 @@ from vidt.data.episode import Episode
 from vidt.envs import env_dims
 from vidt.model.dt import ModelSpec
 from vidt.train.buffer import SegmentSampler
-from vidt.train.config import resolve
+from vidt.train.config import parse_set, resolve
 from vidt.train.learner import Learner
 
 DEFAULT_UPDATES = {"tiny": 50, "small": 20, "paper": 2}
@@ -51,8 +51,8 @@ def random_episodes(S: int, A: int, n: int = 20, T: int = 200, seed: int = 0) ->
 
 
 def time_updates(env_id: str, algo: str, preset: str, updates: int, device: str,
-                 warmup: int = 3, width: int | None = None) -> dict:
-    over = {"device": device, **({"model.d_model": width} if width else {})}
+                 warmup: int = 3, width: int | None = None, sets: dict | None = None) -> dict:
+    over = {"device": device, **({"model.d_model": width} if width else {}), **(sets or {})}
     cfg = resolve(env_id, algo, preset, overrides=over)
     S, A = env_dims(env_id)
     torch.manual_seed(0)
@@ -126,15 +126,19 @@ def main():
                     help="untimed updates first (default: 3, paper 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--width", type=int, default=None, help="override model.d_model")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every run, e.g. amp_bf16=true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    sets = parse_set(args.sets)
     rows = []
     for preset in args.presets:
         updates = args.updates or DEFAULT_UPDATES[preset]
         warmup = args.warmup if args.warmup is not None else (1 if preset == "paper" else 3)
-        res = {algo: time_updates(args.env, algo, preset, updates, args.device, warmup, args.width)
+        res = {algo: time_updates(args.env, algo, preset, updates, args.device, warmup, args.width,
+                                  sets)
                for algo in ("odt", "vidt", "td3")}
         ratio = res["vidt"]["s_per_actor_update"] / res["odt"]["s_per_actor_update"]
         flop_ratio = res["vidt"]["gflop_per_update"] / res["odt"]["gflop_per_update"]
@@ -146,7 +150,7 @@ def main():
                           "threads": torch.get_num_threads(), "rows": rows}, indent=2))
         return
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.env}, {dev}")
+    print(f"{args.env}, {dev}" + "".join(f", {k}={v}" for k, v in sets.items()))
     print(f"{'preset':7} {'algo':5} {'width':>5} {'K':>3} {'batch':>5} {'timed':>5} {'s/actor upd':>11} "
           f"{'s/iteration':>11} {'GFLOP/upd':>9} {'vidt/odt':>8} {'in FLOPs':>8}")
     for r in rows:

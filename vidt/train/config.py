@@ -155,7 +155,7 @@ class TrainConfig:
     preset: str = "small"
     seed: int = 0
     device: str = "auto"  # auto: cuda when available
-    amp_bf16: bool = False  # bf16 autocast on CUDA (opt-in; equal within tolerance)
+    amp_bf16: bool = False  # bf16 autocast, CUDA or CPU (opt-in; equal within tolerance)
     compile: bool = False  # torch.compile the transformer (opt-in)
     threads: int = 0  # torch CPU threads; 0 = torch's default. Tiny models run best on 1.
     model: ModelSection = field(default_factory=ModelSection)

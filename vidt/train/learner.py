@@ -79,8 +79,8 @@ class Learner:
         self.critic_updates = 0
 
     def _autocast(self):
-        if self.cfg.amp_bf16 and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.cfg.amp_bf16:  # matrix products in bf16, weights and optimiser state in fp32
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def batch(self, sampler: SegmentSampler, batch_size: int, rng: np.random.Generator) -> Batch:
