@@ -38,6 +38,14 @@ def test_only_antmaze_shifts_rewards():
         assert fam.reward_offset == (-1.0 if fam.family == "antmaze" else 0.0), fam.env_id
 
 
+def test_variants_share_settings_but_a_dense_reward_keeps_no_reward_counts():
+    v4 = get_family("Hopper-v4")
+    assert (v4.family, v4.eval_target_return, v4.has_reference) == ("mujoco", 3600, False)
+    dense = get_family("AntMaze_UMazeDense-v5")
+    assert (dense.family, dense.context_len, dense.gamma) == ("antmaze", 1, 0.998)
+    assert (dense.eval_target_return, dense.reward_offset, dense.has_reference) == (0.0, 0.0, False)
+
+
 def test_no_reference_gives_none():
     assert normalized_score("vidt/OneState-v0", 1.0) is None
     assert normalized_score("PointMaze_Open-v3", 50.0) is None  # maze2d-open: no reference

@@ -141,10 +141,18 @@ def get_family(env_id: str) -> EnvFamily:
     """Defaults for `env_id`. Unknown Gymnasium ids get generic defaults and no reference."""
     if env_id in _FAMILIES:
         return _FAMILIES[env_id]
-    # A variant of a known env (e.g. the Dense or Sparse version) shares its family's settings.
+    # A variant of a known env (another version, a Dense reward) shares its family's settings,
+    # but no reference scores; a Dense variant pays other rewards, so nothing that is counted
+    # in rewards (target returns, the reward offset) carries over either.
     for base in _FAMILIES.values():
         stem = base.env_id.rsplit("-v", 1)[0]
         if env_id.startswith(stem) and env_id != base.env_id:
+            if "Dense" in env_id[len(stem):]:
+                return replace(base, env_id=env_id, ref_min=None, ref_max=None,
+                               eval_target_return=0.0, online_target_return=0.0,
+                               reward_offset=0.0,
+                               notes=f"settings of {base.env_id} but a dense reward: set the "
+                                     "target returns yourself")
             return replace(base, env_id=env_id, ref_min=None, ref_max=None,
                            notes=f"settings of {base.env_id}; no reference scores")
     return EnvFamily(
