@@ -44,6 +44,9 @@ def test_variants_share_settings_but_a_dense_reward_keeps_no_reward_counts():
     dense = get_family("AntMaze_UMazeDense-v5")
     assert (dense.family, dense.context_len, dense.gamma) == ("antmaze", 1, 0.998)
     assert (dense.eval_target_return, dense.reward_offset, dense.has_reference) == (0.0, 0.0, False)
+    assert get_family("AdroitHandDoorSparse-v1").eval_target_return == 0.0
+    assert get_family("AntMaze_Medium-v5").family == "generic"  # not a variant of Ant-v5
+    assert get_family("Hopperish-v5").family == "generic"
 
 
 def test_no_reference_gives_none():

@@ -7,6 +7,7 @@ matches substrings of env names to pick behaviour.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 
@@ -133,6 +134,9 @@ _FAMILIES: dict[str, EnvFamily] = {
 }
 
 
+_VARIANT = re.compile(r"(Dense|Sparse)?-v\d+")
+
+
 def list_families() -> list[EnvFamily]:
     return list(_FAMILIES.values())
 
@@ -141,20 +145,22 @@ def get_family(env_id: str) -> EnvFamily:
     """Defaults for `env_id`. Unknown Gymnasium ids get generic defaults and no reference."""
     if env_id in _FAMILIES:
         return _FAMILIES[env_id]
-    # A variant of a known env (another version, a Dense reward) shares its family's settings,
-    # but no reference scores; a Dense variant pays other rewards, so nothing that is counted
-    # in rewards (target returns, the reward offset) carries over either.
+    # A variant of a known env (another version; a Dense or Sparse reward) shares its family's
+    # settings, but no reference scores; a variant with other rewards keeps nothing that is
+    # counted in rewards (target returns, the reward offset) either. Exact stems only:
+    # "AntMaze_..." is not a variant of "Ant-v5".
     for base in _FAMILIES.values():
         stem = base.env_id.rsplit("-v", 1)[0]
-        if env_id.startswith(stem) and env_id != base.env_id:
-            if "Dense" in env_id[len(stem):]:
-                return replace(base, env_id=env_id, ref_min=None, ref_max=None,
-                               eval_target_return=0.0, online_target_return=0.0,
-                               reward_offset=0.0,
-                               notes=f"settings of {base.env_id} but a dense reward: set the "
-                                     "target returns yourself")
+        m = _VARIANT.fullmatch(env_id[len(stem):]) if env_id.startswith(stem) else None
+        if m is None:
+            continue
+        if m.group(1):
             return replace(base, env_id=env_id, ref_min=None, ref_max=None,
-                           notes=f"settings of {base.env_id}; no reference scores")
+                           eval_target_return=0.0, online_target_return=0.0, reward_offset=0.0,
+                           notes=f"settings of {base.env_id} but other rewards: set the "
+                                 "target returns yourself")
+        return replace(base, env_id=env_id, ref_min=None, ref_max=None,
+                       notes=f"settings of {base.env_id}; no reference scores")
     return EnvFamily(
         env_id=env_id, family="generic", context_len=5, eval_context_len=5,
         eval_target_return=0.0, online_target_return=0.0, reward_scale=1.0,
