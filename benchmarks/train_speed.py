@@ -99,7 +99,7 @@ def time_phases(L: Learner, sampler, rng, updates: int, device: str) -> dict:
         t = time.perf_counter()
         big = L.batch(sampler, bs * lc.actor_update_interval, rng)
         t = lap("sample", t)
-        with torch.no_grad():
+        with torch.no_grad(), L._autocast():  # as Learner.update (bf16 when switched on)
             y = td_target(big, L.actor_target, L.critic_target, lc.gamma, lc.policy_noise,
                           lc.noise_clip).float()
         t = lap("td_target", t)
