@@ -138,13 +138,16 @@ def same_settings(a: dict, b: dict) -> list[str]:
 
 def run_one(cfg, run_dir: Path, force: bool) -> str:
     """Train (or resume, or reuse) one run; returns what was done."""
+    from vidt.train.config import TrainConfig
     from vidt.train.trainer import train
 
     budget = cfg.online.online_steps
     rows = read_rows(run_dir)
     if (run_dir / "config.json").exists() and not force:
-        saved = json.loads((run_dir / "config.json").read_text())
-        diff = same_settings(saved, cfg.to_dict())
+        # Through TrainConfig, so that a key added since the run was made compares as its
+        # default (what that run did), not as a difference.
+        saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        diff = same_settings(saved.to_dict(), cfg.to_dict())
         if diff:
             raise SystemExit(f"{run_dir} holds a run with other settings ({', '.join(diff[:5])}); "
                              f"use another --out or --tag, or --force to redo it")
