@@ -82,37 +82,20 @@ def time_updates(env_id: str, algo: str, preset: str, updates: int, device: str,
 
 
 def time_phases(L: Learner, sampler, rng, updates: int, device: str) -> dict:
-    """Learner.update's steps (keep in step with it), timed one by one."""
-    from vidt.train.learner import _split, soft_update
-    from vidt.train.losses import td_target
+    """Learner.update's phases, timed one by one through its phase_done callback."""
+    sums: dict[str, float] = {}
+    last = [0.0]
 
-    lc, bs = L.cfg.loss, L.cfg.data.batch_size
-    sums = dict.fromkeys(("sample", "td_target", "critic_steps", "actor_step", "soft_updates"), 0.0)
-
-    def lap(key, t0):
+    def lap(name: str) -> None:
         if device == "cuda":
             torch.cuda.synchronize()
-        t1 = time.perf_counter()
-        sums[key] += t1 - t0
-        return t1
+        now = time.perf_counter()
+        sums[name] = sums.get(name, 0.0) + now - last[0]
+        last[0] = now
 
     for _ in range(updates):
-        t = time.perf_counter()
-        big = L.batch(sampler, bs * lc.actor_update_interval, rng)
-        t = lap("sample", t)
-        with torch.no_grad(), L._autocast():  # as Learner.update (bf16 when switched on)
-            y = td_target(big, L.actor_target, L.critic_target, lc.gamma, lc.policy_noise,
-                          lc.noise_clip).float()
-        t = lap("td_target", t)
-        for part, y_part in zip(_split(big, lc.actor_update_interval),
-                                y.chunk(lc.actor_update_interval, dim=0)):
-            L.critic_step(part, y_part)
-        t = lap("critic_steps", t)
-        L.actor_step(part, rl=True)
-        t = lap("actor_step", t)
-        soft_update(L.critic_target, L.critic, lc.tau)
-        soft_update(L.actor_target, L.actor.model, lc.tau)
-        lap("soft_updates", t)
+        last[0] = time.perf_counter()
+        L.update(sampler, rng, rl=True, phase_done=lap)
     return {k: v / updates for k, v in sums.items()}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -130,23 +131,36 @@ class Learner:
         info["lr"] = self.actor_opt.param_groups[0]["lr"]
         return info
 
-    def update(self, sampler: SegmentSampler, rng: np.random.Generator, rl: bool) -> dict:
-        """One actor update with its critic steps and soft target updates."""
+    def update(self, sampler: SegmentSampler, rng: np.random.Generator, rl: bool,
+               phase_done: Callable[[str], None] | None = None) -> dict:
+        """One actor update with its critic steps and soft target updates. `phase_done(name)`,
+        if given, is called as each phase ends (sample, td_target, critic_steps, actor_step,
+        soft_updates): benchmarks/train_speed.py times the real update through it."""
+        done = phase_done or (lambda name: None)
         bs, lc = self.cfg.data.batch_size, self.cfg.loss
         if self.critic is None:
-            return self.actor_step(self.batch(sampler, bs, rng), rl)
+            batch = self.batch(sampler, bs, rng)
+            done("sample")
+            info = self.actor_step(batch, rl)
+            done("actor_step")
+            return info
         n = lc.actor_update_interval
         big = self.batch(sampler, bs * n, rng)
+        done("sample")
         with torch.no_grad(), self._autocast():
             y = td_target(big, self.actor_target, self.critic_target, lc.gamma,
                           lc.policy_noise, lc.noise_clip).float()  # (n B, K)
+        done("td_target")
         info: dict = {}
         for part, y_part in zip(_split(big, n), y.chunk(n, dim=0)):
             info = self.critic_step(part, y_part)
+        done("critic_steps")
         # TD3: the actor step uses the last critic step's batch.
         info.update(self.actor_step(part, rl))
+        done("actor_step")
         soft_update(self.critic_target, self.critic, lc.tau)
         soft_update(self.actor_target, self.actor.model, lc.tau)
+        done("soft_updates")
         return info
 
     def sync_targets(self) -> None:
