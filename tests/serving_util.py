@@ -136,12 +136,7 @@ class NumpyActor:
     def reference_episode(self, observations, rewards, target_return=None) -> np.ndarray:
         """Actions of one episode computed locally with a ContextWindow: what a server must
         answer for the same observations and rewards."""
-        from vidt.window import ContextWindow
-
-        m = self.metadata
-        w = ContextWindow(m.obs_dim, m.act_dim, m.context_len, m.eval_context_len,
-                          m.default_target_return if target_return is None else target_return,
-                          m.reward_offset)
+        w = self.metadata.new_window(target_return)
         out = []
         for obs, r in zip(observations, rewards):
             a = self.predict(w.observe(obs, r))[0]

@@ -59,8 +59,7 @@ def is_random_policy_data(source: str | os.PathLike | None) -> bool:
     if path.suffix.lower() in HDF5_SUFFIXES or path.is_file():
         return _names_random(path.stem)
     if not path.is_dir():
-        root = Path(os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")).expanduser()
-        path = root / str(source)
+        path = Path(_minari_root()).expanduser() / str(source)
     for meta in (path / "data" / "metadata.json", path / "metadata.json"):
         try:
             info = json.loads(meta.read_text())
@@ -200,6 +199,12 @@ def save_d4rl(path: str | os.PathLike, episodes: list[Episode]) -> None:
 # ---------------------------------------------------------------- Minari
 
 
+def _minari_root() -> str:
+    """Where Minari keeps datasets by id (its own rule; minari.storage.get_dataset_path would
+    also create the folder)."""
+    return os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+
+
 def _minari_dataset(source: str | os.PathLike):
     import minari
 
@@ -225,7 +230,7 @@ def _minari_dataset(source: str | os.PathLike):
     try:
         return minari.load_dataset(str(source), download=False), str(source)
     except FileNotFoundError:
-        root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+        root = _minari_root()
         raise DatasetError(
             f"{source}: no such file, directory or local Minari dataset id (looked under "
             f"{root}; vidt never downloads)") from None
