@@ -31,7 +31,7 @@ def test_config_precedence_and_round_trip(tmp_path):
     assert odt.stochastic and odt.loss.rl_coef == 0 and odt.model.d_model == 512
     assert odt.model.context_len == 20 and odt.online.target_return == 7200
     td3 = resolve("Hopper-v5", "td3", "small")
-    assert td3.loss.supervised_coef == 0 and td3.loss.rl_from_start
+    assert td3.loss.supervised_coef == 0 and not td3.loss.rl_from_start
 
 
 @pytest.mark.parametrize("over, match", [

@@ -75,6 +75,25 @@ def test_replay_buffer_seeded_with_best_and_replaces_oldest():
     assert b.returns_to_go.min() < 0
 
 
+@pytest.mark.parametrize("k", [0, 1, 3, 5, 7])
+def test_replay_buffer_evicts_lowest_return_offline_episodes_first(k):
+    # ODT's and the authors' replay_buffer.py: offline episodes sorted lowest to highest, the
+    # best `capacity` kept, and new episodes overwrite from slot 0, i.e. the worst kept first.
+    N, M = 5, 9
+    rng = np.random.default_rng(k)
+    offline = [_episode(1, ret_per_step=float(r)) for r in rng.permutation(np.arange(1, M + 1))]
+    buf = ReplayBuffer(capacity=N)
+    buf.seed_with(offline)
+    new = [_episode(1, ret_per_step=100.0 + i) for i in range(k)]
+    for e in new:
+        buf.add(e)
+    kept_offline = sorted(e.episode_return for e in buf.episodes if e.episode_return < 100)
+    assert kept_offline == [float(r) for r in range(M - (N - min(k, N)) + 1, M + 1)]
+    assert len(buf) == N
+    assert sorted(e.episode_return for e in buf.episodes if e.episode_return >= 100) == \
+        [100.0 + i for i in range(max(0, k - N), k)]
+
+
 def test_buffer_state_round_trip_through_weights_only_load(tmp_path):
     buf = ReplayBuffer(capacity=2)
     for r in (1.0, 2.0, 3.0):

@@ -10,7 +10,9 @@ these are the observed rewards, so the target return used while collecting is di
 critic's target actor.
 
 `ReplayBuffer` holds whole episodes (capacity counted in episodes), seeded with the
-highest-return offline episodes; once full, the oldest-inserted episode is replaced.
+highest-return offline episodes in ascending order of return; once full, each new episode
+replaces the oldest-inserted, so the offline episodes leave lowest-return first (as in ODT's
+and the authors' replay_buffer.py).
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class SegmentSampler:
 class ReplayBuffer:
     """Whole episodes, capacity in episodes; the oldest-inserted is replaced once full."""
 
+
     def __init__(self, capacity: int):
         self.capacity = int(capacity)
         self.episodes: list[Episode] = []
@@ -105,9 +108,11 @@ class ReplayBuffer:
         return len(self.episodes)
 
     def seed_with(self, episodes: list[Episode]) -> None:
-        """Fill with the highest-return episodes (ODT's initial replay buffer)."""
-        best = sorted(episodes, key=lambda e: e.episode_return, reverse=True)[: self.capacity]
-        for e in best:
+        """Fill with the highest-return episodes, lowest of them first: slot 0, the first one
+        `add` replaces, holds the worst kept episode (ODT's initial replay buffer). A stable
+        sort, so equal returns keep the dataset's order."""
+        ranked = sorted(episodes, key=lambda e: e.episode_return)
+        for e in ranked[max(0, len(ranked) - self.capacity):]:
             self.add(e)
 
     def add(self, episode: Episode) -> None:

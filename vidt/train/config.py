@@ -83,7 +83,7 @@ class OptimSection:
     warmup_steps: int = 10000  # linear LR warmup over this many actor steps (ODT)
     grad_clip: float = 0.25  # actor gradient-norm clip (ODT)
     critic_lr: float = 1e-3  # TD3's value; the env family sets 2e-4 outside MuJoCo
-    critic_weight_decay: float = 0.0  # AdamW with 0 decay = TD3's Adam
+    critic_weight_decay: float = 0.01  # the authors' AdamW without a weight_decay: PyTorch's 0.01
     temperature_lr: float = 1e-4  # ODT's Adam for the entropy temperature
 
     def __post_init__(self):
@@ -95,8 +95,11 @@ class OptimSection:
 
 @dataclass(frozen=True)
 class LossSection:
-    supervised_coef: float = 1.0  # weight of the DT loss (MSE or NLL); 0 for td3
+    supervised_coef: float = 1.0  # weight of the DT loss (MSE or NLL) with the RL term on; 0 for td3
     rl_coef: float = 0.1  # alpha: weight of mean(-Q1) (paper's 0.1); 0 for odt
+    # Weight of the DT loss while pretraining with the RL term off (no rl_from_start): the
+    # authors pretrain every algorithm, TD3 included, with the supervised loss alone.
+    pretrain_supervised_coef: float = 1.0
     gamma: float = 0.99  # discount for the critic only (RTGs are undiscounted)
     tau: float = 0.005  # soft target update rate (TD3)
     policy_noise: float = 0.2  # target policy smoothing noise std, in [-1, 1] action units (TD3)
@@ -107,8 +110,8 @@ class LossSection:
     target_entropy: float | None = None  # None: -act_dim (ODT)
 
     def __post_init__(self):
-        _check(self.supervised_coef >= 0 and self.rl_coef >= 0,
-               "loss.supervised_coef and loss.rl_coef must be >= 0")
+        _check(min(self.supervised_coef, self.rl_coef, self.pretrain_supervised_coef) >= 0,
+               "loss.supervised_coef, loss.rl_coef and loss.pretrain_supervised_coef must be >= 0")
         _check(0 <= self.gamma <= 1, f"loss.gamma must be in [0, 1], got {self.gamma}")
         _check(0 < self.tau <= 1, f"loss.tau must be in (0, 1], got {self.tau}")
         _check(self.actor_update_interval >= 1,
@@ -298,9 +301,6 @@ def default_dict(env_id: str, algo: str = "vidt", preset: str = "small",
     d["loss"].update(supervised_coef=coefs[0], rl_coef=coefs[1])
     if fam.family == "onestate" and coefs[1] > 0:
         d["loss"]["rl_coef"] = 1.0  # see _family_overrides: rewards <= 1 here
-    if algo == "td3":
-        # With no supervised term, pretraining without the RL term would train nothing.
-        d["loss"]["rl_from_start"] = True
     return d
 
 

@@ -99,7 +99,11 @@ class Learner:
         return info
 
     def actor_step(self, batch: Batch, rl: bool) -> dict:
+        """rl=False (offline pretraining without `rl_from_start`): the supervised loss alone at
+        `pretrain_supervised_coef`, whatever the algorithm's online mix; this is how the paper's
+        TD3 row gets a pretrained DT (authors' main.py:439-440)."""
         lc = self.cfg.loss
+        sup_coef = lc.supervised_coef if rl else lc.pretrain_supervised_coef
         for g in self.actor_opt.param_groups:
             g["lr"] = self.cfg.optim.actor_lr * self._lr(self.actor_updates)
         self.actor.model.train()
@@ -107,7 +111,7 @@ class Learner:
             if self.cfg.stochastic:
                 loss, temp_loss, info = stochastic_actor_loss(
                     batch, self.train_model, self.log_temperature, self.target_entropy,
-                    lc.supervised_coef)
+                    sup_coef)
             else:
                 use_rl = rl and self.critic is not None and lc.rl_coef > 0
                 if use_rl:  # the actor's gradient flows through Q1 but never into it
@@ -115,7 +119,7 @@ class Learner:
                 try:
                     loss, info = deterministic_actor_loss(
                         batch, self.train_model, self.critic if use_rl else None,
-                        lc.supervised_coef, lc.rl_coef if use_rl else 0.0)
+                        sup_coef, lc.rl_coef if use_rl else 0.0)
                 finally:
                     if use_rl:
                         self.critic.requires_grad_(True)
