@@ -13,12 +13,17 @@ from tqdm import tqdm
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="ONNX file to write  [default: RUN_DIR/policy.onnx]")
+@click.option("--actor", "which", type=click.Choice(["last", "best"]), default="last",
+              show_default=True,
+              help="last: the actor as training ended (or was stopped); best: the actor of the "
+                   "run's best evaluation (kept as RUN_DIR/actor_best.pt). The file's metadata "
+                   "says which.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A checkpoint of the run to export  [default: its final one]")
+              help="Export this actor.pt or checkpoint.pt file instead of --actor's choice.")
 @click.option("--opset", type=click.IntRange(14, 20), default=None,
               help="ONNX opset  [default: 17]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def export(run_dir, out, checkpoint, opset, as_json):
+def export(run_dir, out, which, checkpoint, opset, as_json):
     """Export the actor of RUN_DIR (from `vidt train`) to one self-describing ONNX file.
 
     \b
@@ -36,7 +41,7 @@ def export(run_dir, out, checkpoint, opset, as_json):
     out = out or str(Path(run_dir) / "policy.onnx")
     with tqdm(total=1024, desc="parity check", unit="window", leave=False,
               disable=None) as bar:
-        report = run_export(run_dir, out, checkpoint=checkpoint, opset=opset,
+        report = run_export(run_dir, out, checkpoint=checkpoint, opset=opset, which=which,
                             progress=bar.update)
     m = report.metadata
     if as_json:
@@ -46,7 +51,8 @@ def export(run_dir, out, checkpoint, opset, as_json):
                f"model_version {m.model_version})")
     click.echo(f"Parity: max |torch - onnxruntime| = {report.max_abs_diff:.2e} over "
                f"{report.n_windows} windows ({report.n_real_windows} from {m.env_id} rollouts)")
-    click.echo(f"Policy: {m.algo} on {m.env_id or '?'}, obs {m.obs_dim}, act {m.act_dim}, "
+    click.echo(f"Policy: {m.algo} on {m.env_id or '?'} ({m.actor_selection or 'last'} actor), "
+               f"obs {m.obs_dim}, act {m.act_dim}, "
                f"K {m.context_len}, T_eval {m.eval_context_len}, "
                f"target return {m.default_target_return:g}")
     click.echo(f"Next: vidt serve --model {report.path}")

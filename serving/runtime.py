@@ -65,13 +65,18 @@ class PolicyMetadata:
     # Added to each reported reward before it counts against the return-to-go: the rewards
     # the actor was trained on (AntMaze: -1 per step). Optional: absent means 0.
     reward_offset: float = 0.0
+    # Then divided by this (Adroit: 100): target returns are in those units. Absent means 1.
+    reward_divisor: float = 1.0
+    # Which of the run's actors this is: "last" (as training ended) or "best" (of its best
+    # evaluation); "" in files written before vidt kept both.
+    actor_selection: str = ""
 
     def new_window(self, target_return: float | None = None) -> ContextWindow:
         """An empty window for one episode, sized and conditioned as this policy expects:
         every consumer (server sessions, collection, export's checks) builds it here."""
         rtg = self.default_target_return if target_return is None else float(target_return)
         return ContextWindow(self.obs_dim, self.act_dim, self.context_len,
-                             self.eval_context_len, rtg, self.reward_offset)
+                             self.eval_context_len, rtg, self.reward_offset, self.reward_divisor)
 
     def to_props(self) -> dict[str, str]:
         out = {}
@@ -131,6 +136,9 @@ class PolicyMetadata:
             model_version=props[PREFIX + "model_version"],
             reward_offset=(parse("reward_offset", float) if PREFIX + "reward_offset" in props
                            else 0.0),
+            reward_divisor=(parse("reward_divisor", float) if PREFIX + "reward_divisor" in props
+                            else 1.0),
+            actor_selection=props.get(PREFIX + "actor_selection", ""),
         )
         problems = []
         if m.obs_dim < 1 or m.act_dim < 1:
@@ -148,6 +156,8 @@ class PolicyMetadata:
         if not all(math.isfinite(x) for x in (m.default_target_return, m.reward_scale,
                                               m.reward_offset)):
             problems.append("default_target_return, reward_scale and reward_offset must be finite")
+        if not (math.isfinite(m.reward_divisor) and m.reward_divisor > 0):
+            problems.append(f"reward_divisor={m.reward_divisor} must be finite and > 0")
         if m.max_episode_steps < 0:
             problems.append(f"max_episode_steps={m.max_episode_steps} must be >= 0")
         if problems:

@@ -31,7 +31,6 @@ from grpc_reflection.v1alpha import reflection
 from vidt.errors import ConfigError
 from vidt.v1 import policy_pb2 as pb
 from vidt.v1 import policy_pb2_grpc as pb_grpc
-from vidt.window import ContextWindow
 
 from .batcher import Batcher
 from .metrics import Metrics
@@ -338,9 +337,7 @@ class PolicyServer:
         self._grpc.start()
         # Warm-up: onnxruntime's first run allocates and optimises; no client should pay it.
         m = self.policy.metadata
-        w = ContextWindow(m.obs_dim, m.act_dim, m.context_len, m.eval_context_len,
-                          m.default_target_return)
-        self.policy.predict(w.observe(np.zeros(m.obs_dim, np.float32)))
+        self.policy.predict(m.new_window().observe(np.zeros(m.obs_dim, np.float32)))
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
         self._sweeper = threading.Thread(target=self._sweep, name="vidt-expiry", daemon=True)

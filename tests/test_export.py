@@ -113,6 +113,27 @@ def test_reward_offset_travels_in_the_file_and_older_files_read_as_zero(tmp_path
     assert PolicyMetadata.from_props(props).reward_offset == 0.0
 
 
+def test_reward_divisor_travels_in_the_file_and_older_files_read_as_one(tmp_path):
+    # Adroit: the actor learned from rewards / 100, so its target returns are in those units.
+    actor = pendulum_actor()
+    export_actor(actor, {**PENDULUM_META, "reward_offset": -1.0, "reward_divisor": 100.0},
+                 tmp_path / "p.onnx")
+    policy = OnnxPolicy(tmp_path / "p.onnx", provider="cpu")
+    assert policy.metadata.reward_divisor == 100.0
+    window = policy.new_window(10.0)
+    for reward in (0.0, 51.0, 201.0):
+        window.observe(np.zeros(3), reward)
+        window.record_action([0.0])
+    assert window.return_to_go == pytest.approx(10.0 - 0.5 - 2.0)
+    assert window.total_reward == 252.0  # the env's own return
+    props = policy.metadata.to_props()
+    del props["vidt.reward_divisor"]
+    assert PolicyMetadata.from_props(props).reward_divisor == 1.0
+    props["vidt.reward_divisor"] = "0"
+    with pytest.raises(ModelFileError, match="reward_divisor"):
+        PolicyMetadata.from_props(props)
+
+
 def test_model_version_is_a_content_hash(exported, tmp_path):
     actor, _, report = exported
     again = export_actor(actor, PENDULUM_META, tmp_path / "pendulum.onnx", n_windows=64)

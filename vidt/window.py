@@ -3,9 +3,10 @@ the trainer's rollouts and the server share, so the window the server builds is 
 the trainer trained on.
 
 Step t of an episode: the caller reports observation o_t and the reward r_{t-1} for the
-previous action (ignored at t = 0). The return-to-go becomes target - sum(r_0..r_{t-1} + c),
-with c the policy's reward offset (0 except where the trained rewards were shifted, as
-AntMaze's -1 per step); the caller always reports the env's own reward.
+previous action (ignored at t = 0). The return-to-go becomes target - sum((r_i + c) / d) over
+the rewards so far, with c and d the policy's reward offset and divisor (0 and 1 except where
+the trained rewards were shifted or rescaled: AntMaze's -1 per step, Adroit's / 100), so the
+target is in the units the actor learned; the caller always reports the env's own reward.
 The actor sees the last `eval_len` steps, left-padded to `context_len`, with the current
 step's action a zero placeholder; after it acts, the caller records a_t.
 """
@@ -47,7 +48,7 @@ class ContextWindow:
     a rollout call this on every step, so it avoids building arrays from lists."""
 
     def __init__(self, obs_dim: int, act_dim: int, context_len: int, eval_len: int | None,
-                 target_return: float, reward_offset: float = 0.0):
+                 target_return: float, reward_offset: float = 0.0, reward_divisor: float = 1.0):
         eval_len = context_len if eval_len is None else eval_len
         if not 1 <= eval_len <= context_len:
             raise ValueError(f"eval_len must be in [1, {context_len}], got {eval_len}")
@@ -55,6 +56,7 @@ class ContextWindow:
         self.context_len, self.eval_len = context_len, eval_len
         self.target_return = float(target_return)
         self.reward_offset = float(reward_offset)
+        self.reward_divisor = float(reward_divisor)
         self.return_to_go = float(target_return)
         self.total_reward = 0.0
         self.step = 0  # index of the next observation to be reported
@@ -88,7 +90,7 @@ class ContextWindow:
         if obs.shape[0] != self.obs_dim:
             raise ValueError(f"observation has {obs.shape[0]} values, expected {self.obs_dim}")
         if self.step > 0:
-            self.return_to_go -= float(reward) + self.reward_offset
+            self.return_to_go -= (float(reward) + self.reward_offset) / self.reward_divisor
             self.total_reward += float(reward)  # the env's own return
         bufs = (self._obs, self._act, self._rtg, self._mask, self._ts)
         for b in bufs:

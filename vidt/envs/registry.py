@@ -29,11 +29,16 @@ class EnvFamily:
     pretrain_updates: int = 5000
     min_steps_per_iter: int = 0  # 0: one episode per online iteration
     reward_offset: float = 0.0  # added to each env reward the agent learns from (AntMaze: -1)
+    # Each env reward the agent learns from is divided by this (Adroit: 100, hammer 1000, as
+    # the authors do in the data and the env); target returns are in the divided units.
+    reward_divisor: float = 1.0
     random_data_min_steps_per_iter: int | None = None  # instead, from random-policy data
     critic_layernorm: bool = False
     rl_from_start: bool = False
     gamma: float = 0.99
     critic_lr: float = 2e-4
+    actor_lr: float = 1e-4  # LAMB learning rate
+    weight_decay: float = 5e-4  # LAMB weight decay
     requires: str | None = None  # pip extra that provides the env ("robotics")
     notes: str = ""
 
@@ -42,41 +47,48 @@ class EnvFamily:
         return self.ref_min is not None and self.ref_max is not None
 
 
-def _mujoco(env_id: str, eval_rtg: float, ref_min: float, ref_max: float) -> EnvFamily:
+def _mujoco(env_id: str, eval_rtg: float, ref_min: float, ref_max: float, *,
+            actor_lr: float = 1e-4, weight_decay: float = 5e-4,
+            pretrain_updates: int = 5000) -> EnvFamily:
     return EnvFamily(
         env_id=env_id, family="mujoco", context_len=20, eval_context_len=5,
         eval_target_return=eval_rtg, online_target_return=2 * eval_rtg, reward_scale=0.001,
         ref_min=ref_min, ref_max=ref_max, actor_update_interval=2, buffer_episodes=1000,
-        pretrain_updates=5000, min_steps_per_iter=0, random_data_min_steps_per_iter=1000,
-        critic_lr=1e-3,
+        pretrain_updates=pretrain_updates, min_steps_per_iter=0,
+        random_data_min_steps_per_iter=1000, critic_lr=1e-3, actor_lr=actor_lr,
+        weight_decay=weight_decay,
         notes="v5 env scored with the D4RL v2 references of its family",
     )
 
 
-def _adroit(env_id: str, rtg: float, scale: float, ref_min: float, ref_max: float,
-            eval_k: int) -> EnvFamily:
-    # ALGORITHM.md: K 5 for all four; acting uses the last step only, except pen (5).
+def _adroit(env_id: str, rtg: float, divisor: float, scale: float, ref_min: float,
+            ref_max: float, eval_k: int) -> EnvFamily:
+    # Rewards divided by `divisor` in the data and the env, targets in those units, RTG tokens
+    # = divided returns x `scale` (1.0; door 0.001, as the authors' code has it).
     return EnvFamily(
         env_id=env_id, family="adroit", context_len=5, eval_context_len=eval_k,
         eval_target_return=rtg, online_target_return=rtg, reward_scale=scale,
-        ref_min=ref_min, ref_max=ref_max, actor_update_interval=1, buffer_episodes=5000,
-        pretrain_updates=40000, critic_layernorm=True, requires="robotics",
+        reward_divisor=divisor, ref_min=ref_min, ref_max=ref_max, actor_update_interval=1,
+        buffer_episodes=5000, pretrain_updates=40000, min_steps_per_iter=1000,
+        critic_layernorm=True, weight_decay=1e-4, requires="robotics",
     )
 
 
 def _antmaze(env_id: str, k: int, rtg: float) -> EnvFamily:
     return EnvFamily(
         env_id=env_id, family="antmaze", context_len=k, eval_context_len=1,
-        eval_target_return=rtg, online_target_return=rtg, reward_scale=1.0,
-        ref_min=0.0, ref_max=1.0, buffer_episodes=2000, critic_layernorm=True,
-        rl_from_start=True, gamma=0.998, requires="robotics",
+        eval_target_return=rtg, online_target_return=rtg, reward_scale=0.001,
+        ref_min=0.0, ref_max=1.0, buffer_episodes=2000, pretrain_updates=200_000,
+        min_steps_per_iter=1000, critic_layernorm=True, rl_from_start=True, gamma=0.998,
+        weight_decay=1e-4, requires="robotics",
         # 0 per step and 1 at the goal from gymnasium-robotics; the paper's targets (-100..-500)
         # count -1 per step until the goal, as the authors' and IQL's "reward - 1" does.
         reward_offset=-1.0,
     )
 
 
-def _pointmaze(env_id: str, k: int, rtg: float, ref: tuple[float, float] | None) -> EnvFamily:
+def _pointmaze(env_id: str, k: int, rtg: float, ref: tuple[float, float] | None,
+               buffer: int, pretrain: int) -> EnvFamily:
     # Maze2D in the paper is D4RL's maze2d; gymnasium-robotics' PointMaze is its successor, so
     # it takes maze2d's references. The open map has none: D4RL's maze2d-open has a reward bug
     # (the goal reward is never reached), so its scores are not comparable and we publish none.
@@ -84,8 +96,8 @@ def _pointmaze(env_id: str, k: int, rtg: float, ref: tuple[float, float] | None)
     return EnvFamily(
         env_id=env_id, family="pointmaze", context_len=k, eval_context_len=1,
         eval_target_return=rtg, online_target_return=rtg, reward_scale=1.0,
-        ref_min=lo, ref_max=hi, buffer_episodes=2500, pretrain_updates=40000,
-        critic_layernorm=True, requires="robotics",
+        ref_min=lo, ref_max=hi, buffer_episodes=buffer, pretrain_updates=pretrain,
+        min_steps_per_iter=1000, critic_layernorm=True, weight_decay=1e-4, requires="robotics",
     )
 
 
@@ -99,9 +111,10 @@ _FAMILIES: dict[str, EnvFamily] = {
     f.env_id: f
     for f in [
         _mujoco("Hopper-v5", 3600, -20.272305, 3234.3),
-        _mujoco("HalfCheetah-v5", 6000, -280.178953, 12135.0),
-        _mujoco("Walker2d-v5", 5000, 1.629008, 4592.3),
-        _mujoco("Ant-v5", 5000, -325.6, 3879.7),
+        _mujoco("HalfCheetah-v5", 6000, -280.178953, 12135.0, weight_decay=1e-4),
+        _mujoco("Walker2d-v5", 5000, 1.629008, 4592.3, actor_lr=1e-3, weight_decay=1e-3,
+                pretrain_updates=10_000),
+        _mujoco("Ant-v5", 5000, -325.6, 3879.7, weight_decay=1e-4),
         EnvFamily(
             env_id="Pendulum-v1", family="pendulum", context_len=5, eval_context_len=5,
             # Returns are negative (0 is the unreachable ideal): condition on a bit better than
@@ -112,17 +125,17 @@ _FAMILIES: dict[str, EnvFamily] = {
             min_steps_per_iter=1000, critic_lr=1e-3,
             notes="references measured by benchmarks/pendulum_reference.py",
         ),
-        _adroit("AdroitHandPen-v1", 120, 0.01, 96.262799, 3076.8331, 5),
-        _adroit("AdroitHandHammer-v1", 160, 0.001, -274.856578, 12794.1348, 1),
-        _adroit("AdroitHandDoor-v1", 40, 0.01, -56.512833, 2880.5693, 1),
-        _adroit("AdroitHandRelocate-v1", 50, 0.01, -6.425911, 4233.8778, 1),
+        _adroit("AdroitHandPen-v1", 120, 100, 1.0, 96.262799, 3076.8331, 5),
+        _adroit("AdroitHandHammer-v1", 160, 1000, 1.0, -274.856578, 12794.1348, 1),
+        _adroit("AdroitHandDoor-v1", 40, 100, 0.001, -56.512833, 2880.5693, 1),
+        _adroit("AdroitHandRelocate-v1", 50, 100, 1.0, -6.425911, 4233.8778, 1),
         _antmaze("AntMaze_UMaze-v5", 1, -100),
         _antmaze("AntMaze_Medium_Diverse_GR-v5", 1, -200),
         _antmaze("AntMaze_Large_Diverse_GR-v5", 5, -500),
-        _pointmaze("PointMaze_Open-v3", 1, 120, None),
-        _pointmaze("PointMaze_UMaze-v3", 1, 60, (23.85, 161.86)),
-        _pointmaze("PointMaze_Medium-v3", 1, 60, (13.13, 277.39)),
-        _pointmaze("PointMaze_Large-v3", 5, 60, (6.7, 273.99)),
+        _pointmaze("PointMaze_Open-v3", 1, 120, None, 10_000, 10_000),
+        _pointmaze("PointMaze_UMaze-v3", 1, 60, (23.85, 161.86), 2500, 40_000),
+        _pointmaze("PointMaze_Medium-v3", 1, 60, (13.13, 277.39), 5000, 40_000),
+        _pointmaze("PointMaze_Large-v3", 5, 60, (6.7, 273.99), 5000, 40_000),
         EnvFamily(
             env_id="vidt/OneState-v0", family="onestate", context_len=1, eval_context_len=1,
             eval_target_return=1.0, online_target_return=1.0, reward_scale=1.0,
@@ -157,6 +170,7 @@ def get_family(env_id: str) -> EnvFamily:
         if m.group(1):
             return replace(base, env_id=env_id, ref_min=None, ref_max=None,
                            eval_target_return=0.0, online_target_return=0.0, reward_offset=0.0,
+                           reward_divisor=1.0,
                            notes=f"settings of {base.env_id} but other rewards: set the "
                                  "target returns yourself")
         return replace(base, env_id=env_id, ref_min=None, ref_max=None,

@@ -60,7 +60,8 @@ def _check_finite(actor: Actor) -> None:
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise ModelFileError(f"refusing to export: non-finite values (NaN/inf) in {shown}; "
-                             "the run diverged: export an earlier checkpoint")
+                             "the run diverged: try the actor of its best evaluation "
+                             "(`vidt export RUN_DIR --actor best`)")
 
 
 def build_metadata(actor: Actor, meta: dict, model_name: str) -> PolicyMetadata:
@@ -108,6 +109,8 @@ def build_metadata(actor: Actor, meta: dict, model_name: str) -> PolicyMetadata:
         max_episode_steps=int(meta.get("max_episode_steps") or 0),
         model_version="",
         reward_offset=float(meta.get("reward_offset", 0.0)),
+        reward_divisor=float(meta.get("reward_divisor", 1.0)),
+        actor_selection=str(meta.get("actor_selection", "")),
     )
 
 
@@ -318,13 +321,14 @@ def export_actor(
 
 
 def export(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: str | None = None,
-           opset: int | None = None, **kwargs) -> ExportReport:
-    """Export a training run's actor (its final checkpoint unless `checkpoint` is given)."""
+           opset: int | None = None, which: str = "last", **kwargs) -> ExportReport:
+    """Export a training run's actor: `which` is "last" (as training ended) or "best" (of the
+    run's best evaluation); `checkpoint`, a file of the run, overrides it."""
     try:
         from vidt.train.checkpoint import load_actor
     except ImportError as e:
         raise ConfigError("this vidt build has no training checkpoints module "
                           "(vidt.train.checkpoint)") from e
-    actor, meta = load_actor(run_dir, checkpoint)
+    actor, meta = load_actor(run_dir, checkpoint, which)
     kwargs.setdefault("model_name", Path(run_dir).resolve().name)
     return export_actor(actor, meta, out, opset, **kwargs)

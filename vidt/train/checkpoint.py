@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidt.errors import ModelFileError, StorageError
+from vidt.errors import ConfigError, ModelFileError, StorageError
 from vidt.model.dt import Actor, DecisionTransformer, ModelConfig, ModelSpec
 
 CHECKPOINT = "checkpoint.pt"
-ACTOR = "actor.pt"
+ACTOR = "actor.pt"  # the actor as of the last checkpoint
+ACTOR_BEST = "actor_best.pt"  # the actor of the run's best evaluation so far
+ACTORS = {"last": ACTOR, "best": ACTOR_BEST}
 FORMAT_VERSION = 1
 
 
@@ -82,7 +84,7 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> None:
 
 # Files of a run directory written through _atomic_write: a SIGKILL mid-write leaves
 # `.NAME.XXXX.tmp` behind, which the next trainer on that directory removes.
-ATOMIC_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, "learning_curve.png")
+ATOMIC_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, ACTOR_BEST, "learning_curve.png")
 LOCK_FILE = ".vidt-train.lock"
 
 
@@ -177,17 +179,28 @@ def build_actor(payload: dict) -> Actor:
     return actor.eval()
 
 
-def load_actor(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[Actor, dict]:
+def load_actor(run_dir: str | Path, checkpoint: str | Path | None = None,
+               which: str = "last") -> tuple[Actor, dict]:
     """The trained actor of a run (eval mode, CPU) and its metadata.
 
-    checkpoint: a path to an actor.pt or checkpoint.pt (default RUN_DIR/actor.pt, falling
-    back to RUN_DIR/checkpoint.pt). Metadata keys: env_id, algo, context_len,
+    which: "last" (RUN_DIR/actor.pt, falling back to RUN_DIR/checkpoint.pt) or "best" (the
+    actor of the run's best evaluation, RUN_DIR/actor_best.pt); checkpoint: a path to an
+    actor.pt or checkpoint.pt instead. Metadata keys: env_id, algo, context_len,
     eval_context_len, eval_target_return, online_target_return, reward_scale, reward_offset,
-    max_episode_steps, obs_dim, act_dim, action_low, action_high, model_name, stochastic,
-    state_mean, state_std, online_env_steps, actor_updates, seed, vidt_version.
+    reward_divisor, max_episode_steps, obs_dim, act_dim, action_low, action_high, model_name,
+    stochastic, state_mean, state_std, online_env_steps, actor_updates, seed, vidt_version,
+    actor_selection ("last" or "best"; absent in files of older versions) and, for "best",
+    selected_eval_return.
     """
     run_dir = Path(run_dir)
-    if checkpoint is None:
+    if which not in ACTORS:
+        raise ConfigError(f"unknown actor {which!r}: choose one of {', '.join(ACTORS)}")
+    if checkpoint is None and which == "best":
+        path = run_dir / ACTOR_BEST
+        if not path.exists():
+            raise ModelFileError(f"{run_dir}: no {ACTOR_BEST} (the run has not evaluated yet, or "
+                                 f"was made by a vidt that kept only the last actor)")
+    elif checkpoint is None:
         path = run_dir / ACTOR
         if not path.exists() and (run_dir / CHECKPOINT).exists():
             path = run_dir / CHECKPOINT

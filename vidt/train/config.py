@@ -64,6 +64,8 @@ class DataSection:
     # Added to every env reward before it enters returns-to-go, the replay buffer and the
     # critic (offline and online); evaluation returns stay the env's own. AntMaze: -1.
     reward_offset: float = 0.0
+    # Then divided by this (Adroit: 100, hammer 1000); target returns are in these units.
+    reward_divisor: float = 1.0
     buffer_episodes: int = 1000  # replay capacity in whole episodes (ODT)
     batch_size: int = 256  # ODT/ViDT batch size
 
@@ -71,6 +73,8 @@ class DataSection:
         _check(self.reward_scale > 0, f"data.reward_scale must be > 0, got {self.reward_scale}")
         _check(math.isfinite(self.reward_offset),
                f"data.reward_offset must be finite, got {self.reward_offset}")
+        _check(math.isfinite(self.reward_divisor) and self.reward_divisor > 0,
+               f"data.reward_divisor must be > 0, got {self.reward_divisor}")
         _check(self.buffer_episodes >= 1, f"data.buffer_episodes must be >= 1, got {self.buffer_episodes}")
         _check(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
 
@@ -280,8 +284,9 @@ def default_dict(env_id: str, algo: str = "vidt", preset: str = "small",
     d["model"].update(context_len=fam.context_len, eval_context_len=fam.eval_context_len,
                       critic_layernorm=fam.critic_layernorm)
     d["data"].update(reward_scale=fam.reward_scale, reward_offset=fam.reward_offset,
-                     buffer_episodes=fam.buffer_episodes)
-    d["optim"].update(critic_lr=fam.critic_lr)
+                     reward_divisor=fam.reward_divisor, buffer_episodes=fam.buffer_episodes)
+    d["optim"].update(critic_lr=fam.critic_lr, actor_lr=fam.actor_lr,
+                      weight_decay=fam.weight_decay)
     d["loss"].update(gamma=fam.gamma, actor_update_interval=fam.actor_update_interval,
                      rl_from_start=fam.rl_from_start)
     min_steps = fam.min_steps_per_iter

@@ -39,6 +39,7 @@ from vidt.window import ContextWindow, WindowInputs
 from .buffer import ReplayBuffer, SegmentSampler
 from .checkpoint import (
     ACTOR,
+    ACTOR_BEST,
     CHECKPOINT,
     FORMAT_VERSION,
     LOCK_FILE,
@@ -57,7 +58,7 @@ from .metrics import LossMeter, MetricsLog
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, "learning_curve.png", "tb")
+RUN_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, ACTOR_BEST, "learning_curve.png", "tb")
 EPISODE_STEP_CAP = 100_000  # bound on an episode of an env without a time limit
 
 
@@ -94,15 +95,18 @@ def load_offline(cfg: TrainConfig) -> list[Episode]:
     episodes = [e for e in episodes if len(e) > 0]
     if not episodes:
         raise DatasetError(f"{cfg.dataset or 'built-in data'}: no episodes")
-    return [with_reward_offset(e, cfg.data.reward_offset) for e in episodes]
+    return [learning_rewards(e, cfg) for e in episodes]
 
 
-def with_reward_offset(episode: Episode, offset: float) -> Episode:
-    """The episode as the agent learns from it: every reward plus `offset` (data.reward_offset,
-    AntMaze -1), so the RTGs, hindsight relabels and TD targets all see the same rewards."""
-    if offset == 0:
+def learning_rewards(episode: Episode, cfg: TrainConfig) -> Episode:
+    """The episode as the agent learns from it: every reward r becomes (r + reward_offset) /
+    reward_divisor (AntMaze: r - 1; Adroit: r / 100), so the RTGs, hindsight relabels and TD
+    targets all see the same rewards, in the units of the target returns."""
+    offset, divisor = cfg.data.reward_offset, cfg.data.reward_divisor
+    if offset == 0 and divisor == 1:
         return episode
-    return replace(episode, rewards=(episode.rewards + np.float32(offset)).astype(np.float32))
+    rewards = (episode.rewards.astype(np.float64) + offset) / divisor
+    return replace(episode, rewards=rewards.astype(np.float32))
 
 
 def check_dims(episodes: list[Episode], obs_dim: int, act_dim: int, env_id: str, name: str) -> None:
@@ -155,7 +159,7 @@ def play(actor: Actor, envs: list, cfg: TrainConfig, target_return: float, devic
     The window is vidt.window.ContextWindow: the same code the server uses. explore: Gaussian
     noise (deterministic head) or a sample (stochastic head) instead of the deterministic
     action. Returns the episodes with the env's own rewards (the windows' return-to-go counts
-    data.reward_offset per step, as the server's does).
+    data.reward_offset and data.reward_divisor, as the server's does).
     """
     m = cfg.model
     S, A = actor.model.spec.obs_dim, actor.model.spec.act_dim
@@ -164,7 +168,7 @@ def play(actor: Actor, envs: list, cfg: TrainConfig, target_return: float, devic
     low_np, high_np = low.cpu().numpy(), high.cpu().numpy()
     n = len(envs)
     windows = [ContextWindow(S, A, m.context_len, m.eval_context_len, target_return,
-                             cfg.data.reward_offset) for _ in envs]
+                             cfg.data.reward_offset, cfg.data.reward_divisor) for _ in envs]
     obs = [env.reset(seed=s)[0] if s is not None else env.reset()[0] for env, s in zip(envs, seeds)]
     traj = [{"o": [], "a": [], "r": [], "o2": []} for _ in envs]
     last_r = [0.0] * n
@@ -266,6 +270,7 @@ class Trainer:
         self.iter_updates = 0
         self.wall_time = 0.0
         self.last_eval: tuple[float, float] | None = None
+        self.best_eval: float | None = None  # the best evaluation's mean return so far
         self.meter = LossMeter()
 
         ckpt = self.run_dir / CHECKPOINT
@@ -321,6 +326,7 @@ class Trainer:
         evals = [r for r in self.metrics.rows if r["eval_return_mean"] != ""]
         if evals:
             self.last_eval = (evals[-1]["eval_return_mean"], evals[-1]["eval_return_std"])
+            self.best_eval = max(r["eval_return_mean"] for r in evals)
 
     def meta(self) -> dict:
         cfg, a = self.cfg, self.learner.actor
@@ -334,12 +340,13 @@ class Trainer:
             "online_target_return": cfg.online.target_return,
             "default_target_return": cfg.eval.target_return,
             "reward_scale": cfg.data.reward_scale, "reward_offset": cfg.data.reward_offset,
+            "reward_divisor": cfg.data.reward_divisor,
             "max_episode_steps": self.max_episode_steps,
             "obs_dim": a.model.spec.obs_dim, "act_dim": a.model.spec.act_dim,
             "action_low": low, "action_high": high, "stochastic": cfg.stochastic,
             "timestep_embedding": cfg.model.timestep_embedding,
             "online_env_steps": self.online_env_steps, "actor_updates": self.learner.actor_updates,
-            "vidt_version": vidt.__version__,
+            "vidt_version": vidt.__version__, "actor_selection": "last",
         }
 
     def checkpoint(self) -> None:
@@ -347,12 +354,15 @@ class Trainer:
         self._t0 = time.perf_counter()
         state = self._state()
         for name, obj in ((CHECKPOINT, state), (ACTOR, state["actor_file"])):
-            try:
-                atomic_save(obj, self.run_dir / name)
-            except StorageError as e:
-                raise StorageError(
-                    f"{e}. The previous {name} is intact; free space or fix permissions, "
-                    f"then continue with `vidt train --out {self.run_dir} --resume`") from None
+            self._save(name, obj)
+
+    def _save(self, name: str, obj: dict) -> None:
+        try:
+            atomic_save(obj, self.run_dir / name)
+        except StorageError as e:
+            raise StorageError(
+                f"{e}. The previous {name} is intact; free space or fix permissions, "
+                f"then continue with `vidt train --out {self.run_dir} --resume`") from None
 
     # ------------------------------------------------------------ evaluation
 
@@ -376,6 +386,16 @@ class Trainer:
                "eval_normalized_score": "" if score is None else score, **losses}
         self.metrics.add_row(row)
         self.last_eval = (mean, std)
+        if self.best_eval is None or mean > self.best_eval:
+            self.best_eval = mean
+            self._save_best(mean)
+
+    def _save_best(self, mean: float) -> None:
+        """Evaluations of one actor swing (Hopper's 2x between iterations), so the actor of the
+        best one is kept beside the last. Written when it is evaluated: a resumed run repeats
+        that evaluation exactly and rewrites the same file."""
+        meta = {**self.meta(), "actor_selection": "best", "selected_eval_return": mean}
+        self._save(ACTOR_BEST, actor_payload(self.learner.actor, meta))
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self._t0
@@ -455,7 +475,7 @@ class Trainer:
                 while steps < max(1, o.min_steps_per_iter):
                     ep = play(L.actor, [self.collect_env], cfg, o.target_return, self.device, [None],
                               explore=True, rng=self.rng, max_steps=self.step_cap)[0]
-                    self.buffer.add(with_reward_offset(ep, cfg.data.reward_offset))
+                    self.buffer.add(learning_rewards(ep, cfg))
                     steps += len(ep)
                 self.online_env_steps += steps
                 self.iter_collected = True
