@@ -174,9 +174,17 @@ def run_one(cfg, run_dir: Path, force: bool) -> str:
             return "reused"
         if (run_dir / "checkpoint.pt").exists():
             res = train(cfg, run_dir, resume=True)
-            return f"resumed ({res.wall_time_s:.0f} s total)"
+            return _done(res, f"resumed ({res.wall_time_s:.0f} s total)")
     res = train(cfg, run_dir, force=True)
-    return f"trained ({res.wall_time_s:.0f} s)"
+    return _done(res, f"trained ({res.wall_time_s:.0f} s)")
+
+
+def _done(res, what: str) -> str:
+    """A run stopped by Ctrl-C has checkpointed: stop the benchmark too (rerun to resume)."""
+    if res.interrupted:
+        log(f"interrupted at {res.online_env_steps} online steps; checkpoint in {res.run_dir}")
+        raise SystemExit(130)
+    return what
 
 
 def import_run(spec: str, out: Path) -> None:
