@@ -28,38 +28,55 @@ def _episodes(seed: int = 0) -> list[Episode]:
     return out
 
 
-def _run(device: str, updates: int = 3, **switches) -> tuple[list[dict], dict]:
-    over = {"device": device, "model.dropout": 0.0, "data.batch_size": 16, **switches}
+def _run(device: str, updates: int = 40, **switches) -> dict:
+    """`updates` updates at lr 1e-3 (actor and critic, no warm-up), long enough that the
+    actor's actions and the critic's Q values on a probe batch move far more than the
+    tolerances below; returns those outputs before and after, and the losses."""
+    over = {"device": device, "model.dropout": 0.0, "data.batch_size": 16,
+            "optim.actor_lr": 1e-3, "optim.critic_lr": 1e-3, "optim.warmup_steps": 1, **switches}
     cfg = resolve("Pendulum-v1", "vidt", "tiny", overrides=over)
     torch.manual_seed(0)
     L = Learner(cfg, ModelSpec(S, A), np.zeros(S), np.ones(S), -np.ones(A), np.ones(A), device)
     sampler = SegmentSampler(_episodes(), cfg.model.context_len, cfg.data.reward_scale)
+    probe = L.batch(sampler, 64, np.random.default_rng(99))
+
+    def outputs():
+        with torch.no_grad():
+            act = L.actor.model(*probe.inputs).float().cpu()  # (64, K, A)
+            q = L.critic(probe.states, probe.actions).float().cpu()  # (2, 64, K)
+        return act, q
+
+    before = outputs()
     rng = np.random.default_rng(0)
     torch.manual_seed(1)  # the TD target's smoothing noise
     infos = [L.update(sampler, rng, rl=True) for _ in range(updates)]
-    return infos, {k: v.detach().float().cpu() for k, v in L.actor.model.state_dict().items()}
+    return {"before": before, "after": outputs(), "infos": infos}
 
 
-def _close(a: tuple, b: tuple, tol: float) -> None:
-    (ia, pa), (ib, pb) = a, b
-    for x, y in zip(ia, ib):
-        for k in ("actor_loss", "critic_loss", "supervised_loss", "rl_loss"):
-            assert x[k] == pytest.approx(y[k], rel=tol, abs=tol), k
-    worst = max((pa[k] - pb[k]).abs().max().item() for k in pa)
-    assert worst < tol, worst
+def _compare(a: dict, b: dict, act_tol: float, q_tol: float) -> None:
+    (a0, q0), (a1, q1), (b1, qb1) = a["before"], a["after"], b["after"]
+    # The comparison means something only if training moved the outputs well past it.
+    assert (a1 - a0).abs().max() > 10 * act_tol and (q1 - q0).abs().max() > 10 * q_tol
+    assert (a1 - b1).abs().max() < act_tol, (a1 - b1).abs().max()
+    assert (q1 - qb1).abs().max() < q_tol, (q1 - qb1).abs().max()
+    for x, y in zip(a["infos"], b["infos"]):
+        for k in ("critic_loss", "supervised_loss", "rl_loss"):
+            assert x[k] == pytest.approx(y[k], rel=10 * q_tol, abs=10 * q_tol), k
 
 
 @pytest.mark.timeout(600)
 def test_compile_switch_matches_the_plain_path():
-    _close(_run("cpu", compile=True), _run("cpu"), tol=1e-4)
+    _compare(_run("cpu", compile=True), _run("cpu"), act_tol=1e-4, q_tol=1e-4)
 
 
 def test_bf16_switch_matches_the_plain_path_on_cpu():
+    # Measured: after 40 updates actions moved ~0.7 and Q ~1.5; bf16 stayed within 0.002 and
+    # 0.03 of fp32 (bf16 has 8 bits of mantissa: ~0.4% per product).
     a, b = _run("cpu", amp_bf16=True), _run("cpu")
-    _close(a, b, tol=5e-2)
-    assert a[0][0]["critic_loss"] != b[0][0]["critic_loss"]  # bf16 did run: not bit-equal
+    _compare(a, b, act_tol=1e-2, q_tol=0.1)
+    assert a["infos"][0]["critic_loss"] != b["infos"][0]["critic_loss"]  # bf16 did run
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bf16_switch_matches_the_plain_path_on_cuda():
-    _close(_run("cuda", amp_bf16=True), _run("cuda"), tol=5e-2)
+    _compare(_run("cuda", amp_bf16=True), _run("cuda"), act_tol=1e-2, q_tol=0.1)
