@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "reliability")]
 
 from reliability_util import ServeProcess, drive, session_when_free, vanish, wait_until  # noqa: E402
-from serving_util import health_status, make_policy_onnx  # noqa: E402
+from serving_util import health_status, make_dt_onnx, make_policy_onnx  # noqa: E402
 
 from vidt.serving.client import PolicyClient, ServerError  # noqa: E402
 from vidt.serving.runtime import OnnxPolicy  # noqa: E402
@@ -214,7 +214,11 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=600.0,
                     help="seconds in all; the fault loop uses what the fixed phases leave")
     ap.add_argument("--model", type=Path, default=None,
-                    help="an exported policy (default: a tiny test actor made here)")
+                    help="an exported policy (default: a random-weight Decision Transformer, "
+                         "d 32, 2 layers, K 4, exported here by vidt's exporter)")
+    ap.add_argument("--toy", action="store_true",
+                    help="serve the tiny linear test actor instead (the soak's model before "
+                         "2026-12-03)")
     ap.add_argument("--sessions", type=int, default=256)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--acts", type=int, default=100_000, help="Act calls of the memory phase")
@@ -225,9 +229,15 @@ def main() -> int:
     t_start = time.monotonic()
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="vidt-soak-") as tmp:
-        model = args.model or make_policy_onnx(Path(tmp) / "tiny.onnx")
+        if args.model:
+            model, name = args.model, str(args.model)
+        elif args.toy:
+            model, name = make_policy_onnx(Path(tmp) / "tiny.onnx"), "tiny linear test actor"
+        else:
+            model = make_dt_onnx(Path(tmp) / "dt.onnx")
+            name = "random-weight Decision Transformer (d 32, 2 layers, K 4)"
         policy = OnnxPolicy(model, provider="cpu", intra_op_threads=1)
-        summary = {"model": str(args.model or "tiny test actor"), "cpus": os.cpu_count()}
+        summary = {"model": name, "cpus": os.cpu_count()}
         summary["memory"] = phase_memory(model, tmp, policy, args.acts, failures)
         check(summary["memory"]["rss_growth_mb"] < args.rss_mb,
               f"RSS grew {summary['memory']['rss_growth_mb']} MB", failures)
@@ -250,6 +260,7 @@ def main() -> int:
         print(json.dumps(summary))
     else:
         m, ld = summary["memory"], summary["load"]
+        print(f"model: {summary['model']}")
         print(f"memory: {m['acts']} Act calls, RSS {m['rss_settled_mb']} MB settled -> "
               f"{m['rss_final_mb']} MB ({m['rss_growth_mb']:+.2f} MB)")
         print(f"load: {ld['sessions']} sessions x {ld['steps']} steps, {ld['errors']} errors, "

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: serving_util
 
 from reliability_util import EVAL_LEN, A, K, S  # noqa: E402
-from serving_util import make_policy_onnx  # noqa: E402
+from serving_util import make_dt_onnx, make_policy_onnx  # noqa: E402
 
 FUZZ_COUNTS: Counter = Counter()
 
@@ -21,6 +21,13 @@ FUZZ_COUNTS: Counter = Counter()
 def tiny_model(tmp_path_factory) -> Path:
     return make_policy_onnx(tmp_path_factory.mktemp("reliability") / "tiny.onnx", obs_dim=S,
                             act_dim=A, K=K, eval_len=EVAL_LEN, default_target_return=10.0)
+
+
+@pytest.fixture(scope="session")
+def dt_model(tmp_path_factory) -> Path:
+    """A Decision Transformer exported by vidt's exporter, with the tiny model's sizes."""
+    return make_dt_onnx(tmp_path_factory.mktemp("reliability") / "dt.onnx", obs_dim=S,
+                        act_dim=A, K=K, eval_len=EVAL_LEN, default_target_return=10.0)
 
 
 @pytest.fixture(scope="session")

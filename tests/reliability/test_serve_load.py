@@ -25,6 +25,28 @@ def served(tiny_model, tmp_path_factory):
         yield srv.wait_serving()
 
 
+@pytest.fixture(scope="module")
+def served_dt(dt_model, tmp_path_factory):
+    from vidt.serving.runtime import OnnxPolicy
+
+    with ServeProcess(dt_model, tmp_path_factory.mktemp("load-dt"), "--idle-timeout",
+                      str(IDLE)) as srv:
+        yield srv.wait_serving(), OnnxPolicy(dt_model, provider="cpu", intra_op_threads=1)
+
+
+def test_concurrent_sessions_of_an_exported_decision_transformer(served_dt, fuzz_counts):
+    # The same load against a real exported transformer: its batches go through attention,
+    # where a window mixed up between sessions would change every later action.
+    served, dt_policy = served_dt
+    r = drive(served.address, dt_policy, sessions=32, steps=100, channels=8, stream_every=4,
+              timeout_s=180)
+    fuzz_counts["load: Act calls (DT, 32 sessions x 100 steps)"] += r["completed"] * r["steps"]
+    assert r["errors"] == 0, r["first_errors"]
+    assert r["completed"] == 32 and r["mismatches"] == 0, r
+    assert wait_until(lambda: served.metric("vidt_active_sessions") == 0, timeout=10)
+    print(f"\nload DT 32x100: {r}")
+
+
 def test_concurrent_sessions_equal_replays_and_leave_nothing(served, policy, fuzz_counts):
     r = drive(served.address, policy, sessions=64, steps=100, channels=8, stream_every=4,
               abandon_every=16, timeout_s=120)
