@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vidt.train.algos import ALGORITHMS
+
 
 @dataclass(frozen=True)
 class Bench:
@@ -390,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--envs", default="onestate", help=f"comma list of {', '.join(BENCHES)}")
-    p.add_argument("--algos", default="vidt,odt,td3",
-                   help=f"comma list of vidt, odt, td3 and variants ({', '.join(VARIANTS)})")
+    p.add_argument("--algos", default=",".join(ALGORITHMS),
+                   help=f"comma list of {', '.join(ALGORITHMS)} and variants ({', '.join(VARIANTS)})")
     p.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2,3")
     p.add_argument("--online-steps", type=int, default=None,
                    help="online budget per run (default: the env's, see BENCHES)")
@@ -422,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     for e in envs:
         if e not in BENCHES:
             p.error(f"unknown env {e!r}: choose from {', '.join(BENCHES)}")
+    for x in algos:
+        if x not in ALGORITHMS and x not in VARIANTS:
+            p.error(f"unknown algo {x!r}: choose from {', '.join([*ALGORITHMS, *VARIANTS])}")
     out, results = Path(a.out), Path(a.results)
     for spec in a.import_run:
         import_run(spec, out)

@@ -18,7 +18,7 @@ from vidt.errors import VidtError
 COMMANDS = {
     "collect": ("vidt.cli.collect", "collect", "Record a dataset from an env and a policy."),
     "datasets": ("vidt.cli.datasets", "datasets", "Inspect datasets."),
-    "train": ("vidt.cli.train", "train", "Pretrain offline and finetune online (vidt|odt|td3)."),
+    "train": ("vidt.cli.train", "train", "Pretrain offline and finetune online: ViDT, ODT, TD3."),
     "export": ("vidt.cli.export", "export", "Export a trained actor to one ONNX file."),
     "serve": ("vidt.cli.serve", "serve", "Serve an ONNX policy over gRPC."),
     "eval": ("vidt.cli.eval", "eval_cmd", "Run Gymnasium episodes against a live server."),

@@ -1,28 +1,57 @@
-"""`vidt train`: offline pretraining, then online finetuning (vidt | odt | td3)."""
+"""`vidt train`: offline pretraining, then online finetuning (the algorithms of
+vidt.train.algos)."""
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import click
+
+from vidt.train.algos import ALGORITHMS
+from vidt.train.config import DEVICES, PRESETS, TrainConfig
+
+DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+
+
+class AlgorithmChoice(click.Choice):
+    """The algorithm table's names, read when the option is parsed (an entry added to
+    ALGORITHMS is a valid --algo at once)."""
+
+    def __init__(self):
+        super().__init__(ALGORITHMS)
+
+    @property
+    def choices(self):
+        return tuple(ALGORITHMS)
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
+def _algo_help() -> str:
+    names = "; ".join(f"{a.name}: {a.notes}" for a in ALGORITHMS.values())
+    return f"Algorithm. {names}  [default: {DEFAULTS['algo']}]"
 
 
 @click.command()
 @click.option("--env", "env_id", default=None, help="Gymnasium env id, e.g. Pendulum-v1 or vidt/OneState-v0.")
 @click.option("--dataset", default=None,
               help="Offline data: Minari dir or id, or D4RL .hdf5 file. Optional for vidt/OneState-v0.")
-@click.option("--algo", type=click.Choice(["vidt", "odt", "td3"]), default=None,
-              help="Algorithm  [default: vidt]")
-@click.option("--preset", type=click.Choice(["tiny", "small", "paper"]), default=None,
-              help="Model and budget size: tiny (tests), small (CPU), paper (GPU)  [default: small]")
+@click.option("--algo", type=AlgorithmChoice(), default=None, help=_algo_help())
+@click.option("--preset", type=click.Choice(PRESETS), default=None,
+              help=f"Model and budget size: tiny (tests), small (CPU), paper (GPU)  "
+                   f"[default: {DEFAULTS['preset']}]")
 @click.option("--online-steps", type=click.IntRange(min=0), default=None, help="Online env-step budget.")
 @click.option("--pretrain-updates", type=click.IntRange(min=0), default=None,
               help="Offline actor updates before going online.")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Random seed  [default: 0]")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="auto: CUDA when available  [default: auto]")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help=f"Random seed  [default: {DEFAULTS['seed']}]")
+@click.option("--device", type=click.Choice(DEVICES), default=None,
+              help=f"auto: CUDA when available  [default: {DEFAULTS['device']}]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML file of config values ([model], [online], ... tables).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -77,8 +106,8 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
     else:
         if "env_id" not in overrides:
             raise click.UsageError("--env is required (or env_id in --config)")
-        cfg = resolve(overrides["env_id"], overrides.get("algo", "vidt"),
-                      overrides.get("preset", "small"), overrides=overrides)
+        cfg = resolve(overrides["env_id"], overrides.get("algo", DEFAULTS["algo"]),
+                      overrides.get("preset", DEFAULTS["preset"]), overrides=overrides)
     assert isinstance(cfg, TrainConfig)
     if dry_run:
         click.echo(cfg.to_json())

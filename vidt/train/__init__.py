@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "load_actor": "checkpoint", "ALGOS": "config", "PRESETS": "config", "TrainConfig": "config",
+    "load_actor": "checkpoint", "ALGORITHMS": "algos", "PRESETS": "config", "TrainConfig": "config",
     "resolve": "config", "RunResult": "trainer", "Trainer": "trainer", "train": "trainer",
 }
 

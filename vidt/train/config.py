@@ -18,12 +18,13 @@ from typing import Any
 
 from vidt.errors import ConfigError
 
+from .algos import DEFAULT_ALGORITHM, Algorithm, get_algorithm
+
 try:
     import tomllib  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     tomllib = None
 
-ALGOS = ("vidt", "odt", "td3")
 PRESETS = ("tiny", "small", "paper")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -158,7 +159,7 @@ class EvalSection:
 class TrainConfig:
     env_id: str = "vidt/OneState-v0"
     dataset: str | None = None  # None: the env's built-in data
-    algo: str = "vidt"
+    algo: str = DEFAULT_ALGORITHM
     preset: str = "small"
     seed: int = 0
     device: str = "auto"  # auto: cuda when available
@@ -173,20 +174,21 @@ class TrainConfig:
     eval: EvalSection = field(default_factory=EvalSection)
 
     def __post_init__(self):
-        _check(self.algo in ALGOS, f"unknown algo {self.algo!r}: choose one of {', '.join(ALGOS)}")
+        get_algorithm(self.algo)  # refuses an unknown name with the list of known ones
         _check(self.preset in PRESETS, f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
         _check(self.device in DEVICES, f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         _check(self.seed >= 0, f"seed must be >= 0 (numpy seeds are non-negative), got {self.seed}")
 
     @property
-    def stochastic(self) -> bool:
-        """ODT's tanh-Gaussian head; ViDT and TD3 use the deterministic tanh head."""
-        return self.algo == "odt"
+    def algorithm(self) -> Algorithm:
+        """The algorithm's entry in vidt.train.algos.ALGORITHMS (its head, critic, loss)."""
+        return get_algorithm(self.algo)
 
     @property
-    def uses_critic(self) -> bool:
-        return self.algo != "odt"
+    def stochastic(self) -> bool:
+        """Whether the algorithm's actor head is the tanh-Gaussian one (the table's)."""
+        return self.algorithm.stochastic
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -261,14 +263,14 @@ def _family_overrides(family, preset: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def default_dict(env_id: str, algo: str = "vidt", preset: str = "small",
+def default_dict(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = "small",
                  dataset: str | None = None) -> dict[str, Any]:
     """The config as a nested dict before user overrides: family (and, where the family has a
     rule for it, the kind of dataset), preset, algorithm."""
     from vidt.data import is_random_policy_data
     from vidt.envs import get_family
 
-    _check(algo in ALGOS, f"unknown algo {algo!r}: choose one of {', '.join(ALGOS)}")
+    alg = get_algorithm(algo)
     _check(preset in PRESETS, f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     fam = get_family(env_id)
     d: dict[str, Any] = {"env_id": env_id, "algo": algo, "preset": preset,
@@ -293,10 +295,10 @@ def default_dict(env_id: str, algo: str = "vidt", preset: str = "small",
                 d[sec].update(vals)
             else:
                 d[sec] = vals
-    # The algorithm's loss mix (ALGORITHM.md's table).
-    coefs = {"vidt": (1.0, 0.1), "odt": (1.0, 0.0), "td3": (0.0, 0.1)}[algo]
-    d["loss"].update(supervised_coef=coefs[0], rl_coef=coefs[1])
-    if fam.family == "onestate" and coefs[1] > 0:
+    # The algorithm's loss mix (vidt.train.algos).
+    d["loss"].update(supervised_coef=alg.supervised_coef, rl_coef=alg.rl_coef,
+                     pretrain_supervised_coef=alg.pretrain_supervised_coef)
+    if fam.family == "onestate" and alg.rl_coef > 0:
         d["loss"]["rl_coef"] = 1.0  # see _family_overrides: rewards <= 1 here
     return d
 
@@ -461,7 +463,7 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def resolve(env_id: str, algo: str = "vidt", preset: str = "small",
+def resolve(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = "small",
             config_file: str | Path | None = None,
             overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The fully resolved config. Precedence: family < preset < algo < file < overrides.

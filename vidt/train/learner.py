@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -23,14 +22,14 @@ from vidt.model.dt import Actor, DecisionTransformer, ModelConfig, ModelSpec, Tw
 
 from .buffer import SegmentSampler
 from .config import TrainConfig
-from .losses import Batch, critic_loss, deterministic_actor_loss, stochastic_actor_loss, td_target
+from .losses import Batch, critic_loss, td_target
 from .optim import Lamb, warmup_lambda
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
     m = cfg.model
     return ModelConfig(context_len=m.context_len, d_model=m.d_model, n_layer=m.n_layer,
-                       n_head=m.n_head, dropout=m.dropout, stochastic=cfg.stochastic,
+                       n_head=m.n_head, dropout=m.dropout, stochastic=cfg.algorithm.stochastic,
                        timestep_embedding=m.timestep_embedding, max_timestep=m.max_timestep)
 
 
@@ -52,6 +51,7 @@ class Learner:
     def __init__(self, cfg: TrainConfig, spec: ModelSpec, state_mean, state_std, act_low, act_high,
                  device: str | torch.device = "cpu"):
         self.cfg, self.spec, self.device = cfg, spec, torch.device(device)
+        self.algo = algo = cfg.algorithm
         model = DecisionTransformer(spec, model_config(cfg))
         self.actor = Actor(model, state_mean, state_std, cfg.data.reward_scale, act_low, act_high)
         self.actor.to(self.device)
@@ -61,7 +61,7 @@ class Learner:
         self._lr = warmup_lambda(o.warmup_steps)
         self.train_model = torch.compile(self.actor.model) if cfg.compile else self.actor.model
         self.critic = self.critic_target = self.actor_target = None
-        if cfg.uses_critic:
+        if algo.critic:
             self.critic = TwinCritic(spec, cfg.model.critic_hidden, cfg.model.critic_layernorm).to(self.device)
             self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
             # The target transformer runs without dropout: TD3's target policy is deterministic
@@ -70,7 +70,7 @@ class Learner:
             self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=o.critic_lr,
                                                 weight_decay=o.critic_weight_decay)
         self.log_temperature = None
-        if cfg.stochastic:
+        if algo.stochastic:
             self.log_temperature = torch.tensor(math.log(cfg.loss.init_temperature),
                                                 device=self.device, requires_grad=True)
             self.temp_opt = torch.optim.Adam([self.log_temperature], lr=o.temperature_lr)
@@ -89,6 +89,13 @@ class Learner:
 
     # ---------------------------------------------------------------- steps
 
+    def td_targets(self, batch: Batch) -> torch.Tensor:
+        """y for every token of `batch` from the target actor and target critic. (B, K)"""
+        lc = self.cfg.loss
+        with torch.no_grad(), self._autocast():
+            return td_target(batch, self.actor_target, self.critic_target, lc.gamma,
+                             lc.policy_noise, lc.noise_clip).float()
+
     def critic_step(self, batch: Batch, y: torch.Tensor) -> dict:
         with self._autocast():
             loss, info = critic_loss(batch, self.critic, y)
@@ -99,72 +106,57 @@ class Learner:
         return info
 
     def actor_step(self, batch: Batch, rl: bool) -> dict:
-        """rl=False (offline pretraining without `rl_from_start`): the supervised loss alone at
-        `pretrain_supervised_coef`, whatever the algorithm's online mix; this is how the paper's
+        """The algorithm's actor loss, one clipped LAMB step (and the temperature's, for a
+        stochastic head). rl=False (pretraining without `rl_from_start`): the supervised term
+        alone at `pretrain_supervised_coef`, whatever the online mix; this is how the paper's
         TD3 row gets a pretrained DT (authors' main.py:439-440)."""
         lc = self.cfg.loss
-        sup_coef = lc.supervised_coef if rl else lc.pretrain_supervised_coef
+        sup, alpha = (lc.supervised_coef, lc.rl_coef) if rl else (lc.pretrain_supervised_coef, 0.0)
+        if self.critic is None:
+            alpha = 0.0
         for g in self.actor_opt.param_groups:
             g["lr"] = self.cfg.optim.actor_lr * self._lr(self.actor_updates)
         self.actor.model.train()
-        with self._autocast():
-            if self.cfg.stochastic:
-                loss, temp_loss, info = stochastic_actor_loss(
-                    batch, self.train_model, self.log_temperature, self.target_entropy,
-                    sup_coef)
-            else:
-                use_rl = rl and self.critic is not None and lc.rl_coef > 0
-                if use_rl:  # the actor's gradient flows through Q1 but never into it
-                    self.critic.requires_grad_(False)
-                try:
-                    loss, info = deterministic_actor_loss(
-                        batch, self.train_model, self.critic if use_rl else None,
-                        sup_coef, lc.rl_coef if use_rl else 0.0)
-                finally:
-                    if use_rl:
-                        self.critic.requires_grad_(True)
+        if alpha > 0:  # the actor's gradient flows through Q1 but never into it
+            self.critic.requires_grad_(False)
+        try:
+            with self._autocast():
+                loss, info = self.algo.loss(self, batch, sup, alpha)
+        finally:
+            if alpha > 0:
+                self.critic.requires_grad_(True)
         self.actor_opt.zero_grad(set_to_none=True)
+        if self.log_temperature is not None:
+            self.temp_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.actor.model.parameters(), self.cfg.optim.grad_clip)
         self.actor_opt.step()
-        if self.cfg.stochastic:
-            self.temp_opt.zero_grad(set_to_none=True)
-            temp_loss.backward()
+        if self.log_temperature is not None:
             self.temp_opt.step()
         self.actor_updates += 1
         info["lr"] = self.actor_opt.param_groups[0]["lr"]
         return info
 
-    def update(self, sampler: SegmentSampler, rng: np.random.Generator, rl: bool,
-               phase_done: Callable[[str], None] | None = None) -> dict:
-        """One actor update with its critic steps and soft target updates. `phase_done(name)`,
-        if given, is called as each phase ends (sample, td_target, critic_steps, actor_step,
-        soft_updates): benchmarks/train_speed.py times the real update through it."""
-        done = phase_done or (lambda name: None)
-        bs, lc = self.cfg.data.batch_size, self.cfg.loss
+    def soft_update_targets(self) -> None:
+        soft_update(self.critic_target, self.critic, self.cfg.loss.tau)
+        soft_update(self.actor_target, self.actor.model, self.cfg.loss.tau)
+
+    def update(self, sampler: SegmentSampler, rng: np.random.Generator, rl: bool) -> dict:
+        """One actor update. With a critic (TD3's delayed policy update): `interval` critic
+        steps, each on its own batch, then one actor step on the last of them, then the soft
+        updates of both targets. The target actor is fixed across those critic steps, so all
+        their TD targets come from one no-grad forward over the batches sampled together."""
+        bs = self.cfg.data.batch_size
         if self.critic is None:
-            batch = self.batch(sampler, bs, rng)
-            done("sample")
-            info = self.actor_step(batch, rl)
-            done("actor_step")
-            return info
-        n = lc.actor_update_interval
-        big = self.batch(sampler, bs * n, rng)
-        done("sample")
-        with torch.no_grad(), self._autocast():
-            y = td_target(big, self.actor_target, self.critic_target, lc.gamma,
-                          lc.policy_noise, lc.noise_clip).float()  # (n B, K)
-        done("td_target")
-        info: dict = {}
-        for part, y_part in zip(_split(big, n), y.chunk(n, dim=0)):
-            info = self.critic_step(part, y_part)
-        done("critic_steps")
-        # TD3: the actor step uses the last critic step's batch.
-        info.update(self.actor_step(part, rl))
-        done("actor_step")
-        soft_update(self.critic_target, self.critic, lc.tau)
-        soft_update(self.actor_target, self.actor.model, lc.tau)
-        done("soft_updates")
+            return self.actor_step(self.batch(sampler, bs, rng), rl)
+        n = self.cfg.loss.actor_update_interval
+        together = self.batch(sampler, bs * n, rng)  # (n B, K, ...)
+        y = self.td_targets(together)  # (n B, K)
+        batches, ys = _split(together, n), y.chunk(n, dim=0)
+        for batch, y_batch in zip(batches, ys):
+            info = self.critic_step(batch, y_batch)
+        info.update(self.actor_step(batches[-1], rl))
+        self.soft_update_targets()
         return info
 
     def sync_targets(self) -> None:

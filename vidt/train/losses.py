@@ -131,3 +131,24 @@ def stochastic_actor_loss(batch: Batch, model: DecisionTransformer, log_temperat
     info = {"actor_loss": loss.item(), "supervised_loss": -log_lik.item(),
             "entropy": entropy.item(), "temperature": temperature.item()}
     return loss, temp_loss, info
+
+
+# ---------------------------------------------------------------- the algorithms' actor losses
+# Each has algos.ActorLoss's signature: (learner, batch, supervised_coef, rl_coef).
+
+
+def deterministic_loss(learner, batch: Batch, supervised_coef: float, rl_coef: float
+                       ) -> tuple[torch.Tensor, dict]:
+    """vidt and td3 (they differ only in their coefficients)."""
+    critic = learner.critic if rl_coef > 0 else None
+    return deterministic_actor_loss(batch, learner.train_model, critic, supervised_coef, rl_coef)
+
+
+def odt_loss(learner, batch: Batch, supervised_coef: float, rl_coef: float
+             ) -> tuple[torch.Tensor, dict]:
+    """odt: the actor's loss plus the temperature's. Each term's gradient reaches only its
+    own parameters (each detaches the other's), so one backward serves both optimisers."""
+    loss, temp_loss, info = stochastic_actor_loss(batch, learner.train_model,
+                                                  learner.log_temperature,
+                                                  learner.target_entropy, supervised_coef)
+    return loss + temp_loss, info

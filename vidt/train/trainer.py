@@ -184,12 +184,12 @@ def play(actor: Actor, envs: list, cfg: TrainConfig, target_return: float, devic
             args = [torch.as_tensor(x, device=device) for x in
                     (inputs.observations, inputs.actions, inputs.returns_to_go, inputs.mask,
                      inputs.timesteps)]
-            if explore and cfg.stochastic:
+            if explore and cfg.algorithm.stochastic:
                 act = actor.sample(*args)
             else:
                 act = actor(*args)
         act = act.float().cpu().numpy()  # (n_live, A)
-        if explore and not cfg.stochastic and cfg.online.exploration_noise > 0:
+        if explore and not cfg.algorithm.stochastic and cfg.online.exploration_noise > 0:
             scale = (high_np - low_np) / 2
             act = act + rng.normal(0.0, cfg.online.exploration_noise, act.shape) * scale
         act = np.clip(act, low_np, high_np).astype(np.float32)
@@ -343,7 +343,7 @@ class Trainer:
             "reward_divisor": cfg.data.reward_divisor,
             "max_episode_steps": self.max_episode_steps,
             "obs_dim": a.model.spec.obs_dim, "act_dim": a.model.spec.act_dim,
-            "action_low": low, "action_high": high, "stochastic": cfg.stochastic,
+            "action_low": low, "action_high": high, "stochastic": cfg.algorithm.stochastic,
             "timestep_embedding": cfg.model.timestep_embedding,
             "online_env_steps": self.online_env_steps, "actor_updates": self.learner.actor_updates,
             "vidt_version": vidt.__version__, "actor_selection": "last",
