@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import click
 
 from vidt.errors import ConfigError
+from vidt.serving.server import ServerConfig
+
+DEFAULTS = {f.name: f.default for f in fields(ServerConfig)}  # the one place they are written
 
 
 def _read_token(path: str | None) -> str | None:
@@ -26,18 +30,24 @@ def _read_token(path: str | None) -> str | None:
 @click.command("serve")
 @click.option("--model", type=click.Path(dir_okay=False), required=True,
               help="Exported policy (vidt export).")
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", default=DEFAULTS["host"], show_default=True,
               help="Address to listen on. Beyond loopback needs TLS or a token (or --insecure).")
-@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True)
-@click.option("--max-sessions", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULTS["port"], show_default=True,
+              help="Port to listen on (0: any free one).")
+@click.option("--max-sessions", type=click.IntRange(min=1), default=DEFAULTS["max_sessions"],
+              show_default=True,
               help="Open sessions at most; more get RESOURCE_EXHAUSTED.")
-@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULTS["idle_timeout_s"],
               show_default=True, help="Seconds after which an idle session is freed.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-batch", type=click.IntRange(min=1), default=DEFAULTS["max_batch"],
+              show_default=True,
               help="Windows per onnxruntime call (1 turns batching off).")
-@click.option("--batch-window-us", type=click.IntRange(min=0), default=200, show_default=True,
+@click.option("--batch-window-us", type=click.IntRange(min=0), default=DEFAULTS["batch_window_us"],
+              show_default=True,
               help="Longest wait for a batch to fill, used only under concurrent load.")
-@click.option("--threads", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), default=DEFAULTS["threads"],
+              show_default=True,
               help="gRPC worker threads = concurrent calls (each open ActStream holds one).")
 @click.option("--ort-threads", type=click.IntRange(min=1), default=None,
               help="onnxruntime intra-op threads  [default: onnxruntime's choice]")
@@ -53,7 +63,8 @@ def _read_token(path: str | None) -> str | None:
               help="Allow a non-loopback --host without TLS or token.")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="onnxruntime execution provider.")
-@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--grace", type=click.FloatRange(min=0), default=DEFAULTS["grace_s"],
+              show_default=True,
               help="Seconds open episodes get to finish after SIGTERM/SIGINT.")
 def serve(model, host, port, max_sessions, idle_timeout, max_batch, batch_window_us, threads,
           ort_threads, metrics_port, tls_cert, tls_key, auth_token_file, insecure, provider,
@@ -65,7 +76,6 @@ def serve(model, host, port, max_sessions, idle_timeout, max_batch, batch_window
       vidt serve --model policy.onnx --port 50051
       grpcurl -plaintext 127.0.0.1:50051 list
     """
-    from vidt.serving.server import ServerConfig
     from vidt.serving.server import serve as run
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,

@@ -73,6 +73,10 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
       vidt train --env Pendulum-v1 --dataset data/pendulum --preset small --out runs/p
       vidt train --env Pendulum-v1 --dataset data/pendulum --set model.d_model=128 --out runs/p2
 
+    Precedence, later wins: the env family's settings, the preset, the algorithm, the
+    --config file, then the flags and --set (a flag and a --set naming the same field must
+    agree). --dry-run prints the result.
+
     The run directory gets config.json, metrics.csv, TensorBoard events (tb/),
     learning_curve.png, checkpoint.pt (resumable) and actor.pt (for `vidt export`).
     Ctrl-C writes a checkpoint; `--resume` continues from it.
@@ -84,6 +88,7 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
         read_run_config,
         read_toml,
         resolve,
+        typed_value,
     )
 
     if out is None and not dry_run:
@@ -95,8 +100,15 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
     flags = {"env_id": env_id, "dataset": dataset, "algo": algo, "preset": preset,
              "online.online_steps": online_steps, "online.pretrain_updates": pretrain_updates,
              "seed": seed, "device": device}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    overrides.update(parse_set(sets))
+    flags = {k: v for k, v in flags.items() if v is not None}
+    set_over = parse_set(sets)
+    for key in flags.keys() & set_over.keys():
+        if typed_value(key, set_over[key]) != typed_value(key, flags[key]):
+            option = "--" + key.rsplit(".", 1)[-1].replace("_", "-").replace("env-id", "env")
+            raise click.UsageError(f"{option} {flags[key]} and --set {key}={set_over[key]} "
+                                   f"disagree: give the value once")
+    overrides.update(flags)
+    overrides.update(set_over)
     if resume:
         # The run's own config, with only what was given again on top of it (read_run_config
         # says "nothing to resume" when there is no config.json).

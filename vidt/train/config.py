@@ -12,7 +12,7 @@ import dataclasses
 import json
 import math
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,11 @@ class EvalSection:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """A run's whole configuration. Build it with `resolve(env_id, algo, preset, ...)`: the
+    env family's settings, the preset and the algorithm decide most of it, so a TrainConfig
+    made field by field would not be what that env runs, and is refused without its sections.
+    The sections' own defaults are the paper's MuJoCo values, a reference for reading."""
+
     env_id: str = "vidt/OneState-v0"
     dataset: str | None = None  # None: the env's built-in data
     algo: str = DEFAULT_ALGORITHM
@@ -166,15 +171,19 @@ class TrainConfig:
     amp_bf16: bool = False  # bf16 autocast, CUDA or CPU (opt-in; equal within tolerance)
     compile: bool = False  # torch.compile the transformer (opt-in)
     threads: int = 0  # torch CPU threads; 0 = torch's default. Tiny models run best on 1.
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    loss: LossSection = field(default_factory=LossSection)
-    online: OnlineSection = field(default_factory=OnlineSection)
-    eval: EvalSection = field(default_factory=EvalSection)
+    model: ModelSection = None  # type: ignore[assignment]  (required: see the docstring)
+    data: DataSection = None  # type: ignore[assignment]
+    optim: OptimSection = None  # type: ignore[assignment]
+    loss: LossSection = None  # type: ignore[assignment]
+    online: OnlineSection = None  # type: ignore[assignment]
+    eval: EvalSection = None  # type: ignore[assignment]
 
     def __post_init__(self):
         get_algorithm(self.algo)  # refuses an unknown name with the list of known ones
+        missing = [n for n in _SECTION_CLASSES if getattr(self, n) is None]
+        _check(not missing, f"TrainConfig without its {', '.join(missing)} section(s): build "
+                            f"one with vidt.train.resolve(env_id, algo, preset), which applies "
+                            f"the env family's settings, the preset and the algorithm")
         _check(self.preset in PRESETS, f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
         _check(self.device in DEVICES, f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
@@ -357,6 +366,20 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     if base is str:
         _check(isinstance(value, str), f"{key}: expected a string, got {value!r}")
     return value
+
+
+def typed_value(key: str, value: Any) -> Any:
+    """`value` as config key `key` holds it ("7" -> 7 for online.online_steps); ConfigError
+    for an unknown key or a value of the wrong type."""
+    if "." in key:
+        sec, name = key.split(".", 1)
+        types = _field_types(_SECTION_CLASSES[sec]) if sec in _SECTION_CLASSES else {}
+    else:
+        name, types = key, {k: v for k, v in _field_types(TrainConfig).items()
+                            if k not in _SECTION_CLASSES}
+    if name not in types:
+        raise _unknown_key(key)
+    return _coerce(key, value, types[name])
 
 
 def _known_keys() -> list[str]:
