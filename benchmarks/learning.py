@@ -6,8 +6,8 @@
     python benchmarks/learning.py --report-only        # tables and plots from runs on disk
 
 Envs (each with a fixed online budget per run, each run well under 30 minutes on 2 CPU cores):
-- onestate: vidt/OneState-v0 with its built-in data, `tiny` preset (ALGORITHM.md's
-  motivation task). Checks the claim per seed against ViDT's own control, `vidt-norl` (the
+- onestate: vidt/OneState-v0 with its built-in data, `tiny` preset (docs/algorithm.md's
+  one-state task). Checks the claim per seed against ViDT's own control, `vidt-norl` (the
   same trainer, settings and budget with the RL term off): ViDT's final eval return > 0.9,
   and it first exceeds 0.5 earlier than the control by >= 10% of the online budget (or the
   control never does). ODT's crossings are reported beside it.

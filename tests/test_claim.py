@@ -1,4 +1,4 @@
-"""The paper's claim on the one-state task (ALGORITHM.md), end to end through the CLI: the RL
+"""The paper's claim on the one-state task (docs/algorithm.md), end to end through the CLI: the RL
 gradient is what finds the peak. ViDT is compared with its own control, the same trainer,
 settings, exploration noise and budget with the RL term off (`--set loss.rl_coef=0`).
 

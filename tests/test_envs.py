@@ -27,13 +27,13 @@ def test_mujoco_v5_uses_d4rl_references():
     ("PointMaze_Large-v3", 5, 1),
 ])
 def test_context_lengths_follow_algorithm_md(env_id, k, eval_k):
-    # ALGORITHM.md's "K / T_eval" column: Adroit 5 / 1 (pen 5), AntMaze and Maze2D 1 (large 5) / 1.
+    # docs/algorithm.md's per-family table (model.context_len / eval_context_len): Adroit 5 / 1 (pen 5), AntMaze and Maze2D 1 (large 5) / 1.
     fam = get_family(env_id)
     assert (fam.context_len, fam.eval_context_len) == (k, eval_k)
 
 
 def test_only_antmaze_shifts_rewards():
-    # ALGORITHM.md: AntMaze targets -100 / -200 / -500 count "reward -1 per step".
+    # docs/algorithm.md: AntMaze targets -100 / -200 / -500 count "reward -1 per step".
     for fam in list_families():
         assert fam.reward_offset == (-1.0 if fam.family == "antmaze" else 0.0), fam.env_id
 

@@ -38,7 +38,7 @@ def test_generated_code_imports_under_vidt():
     assert [m.name for m in service.methods] == [
         "GetPolicyInfo", "CreateSession", "Act", "ActBatch", "ActStream", "CloseSession"]
     assert hasattr(policy_pb2_grpc, "PolicyServiceStub")
-    # The contract's field numbers (design/policy.proto) must never move.
+    # The contract's field numbers (proto/vidt/v1/policy.proto) must never move.
     act = policy_pb2.ActRequest.DESCRIPTOR.fields_by_name
     assert {n: f.number for n, f in act.items()} == {
         "session_id": 1, "step": 2, "observation": 3, "reward": 4}

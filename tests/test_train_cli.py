@@ -48,7 +48,7 @@ def test_bad_config_refused(over, match):
 
 
 def test_mujoco_collects_1000_steps_per_iteration_from_random_data_only(tmp_path):
-    # ALGORITHM.md, MuJoCo row: "random datasets: min 1000 steps per iteration" (else one
+    # docs/algorithm.md, MuJoCo row: "random datasets: min 1000 steps per iteration" (else one
     # episode); the dataset's own label decides, and an explicit setting still wins.
     import h5py
 

@@ -1,4 +1,4 @@
-"""Built-in offline data: the one-state task's dataset (ALGORITHM.md), made from a seed."""
+"""Built-in offline data: the one-state task's dataset (docs/algorithm.md), made from a seed."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ def load(source: str | os.PathLike | None, env_id: str | None = None) -> list[Ep
 
 def is_random_policy_data(source: str | os.PathLike | None) -> bool:
     """Whether `source` was recorded by a uniform random policy, as far as its own labels
-    say (ALGORITHM.md gives random datasets their own collection setting). Never raises:
+    say (docs/algorithm.md gives random datasets their own collection setting). Never raises:
     an unreadable or unlabelled source counts as not random, and load() reports problems.
 
     Minari: the dataset's `algorithm_name` ("random" for `vidt collect --policy random`) or

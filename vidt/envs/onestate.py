@@ -1,4 +1,4 @@
-"""The one-state task of ALGORITHM.md: a fast, exact test of the paper's claim.
+"""The one-state task of docs/algorithm.md: a fast, exact test of the paper's claim.
 
 One state, one step, action a in [-1, 1]. Reward (a + 1)^2 for a < 0 and 1 - 2a for a >= 0,
 so the peak (reward 1) is at a = 0 and the offline data never shows it: 100 actions near -1

@@ -1,4 +1,4 @@
-"""Environment families and their defaults (ALGORITHM.md, "Per-family settings").
+"""Environment families and their defaults (docs/algorithm.md, "Per-family settings").
 
 Every place that needs a per-environment setting asks this registry; nothing in the project
 matches substrings of env names to pick behaviour.
@@ -141,7 +141,7 @@ _FAMILIES: dict[str, EnvFamily] = {
             eval_target_return=1.0, online_target_return=1.0, reward_scale=1.0,
             actor_update_interval=1, buffer_episodes=10000, pretrain_updates=200,
             min_steps_per_iter=64, critic_lr=1e-3,
-            notes="ALGORITHM.md's one-state task; built-in offline data",
+            notes="the one-state task of docs/algorithm.md; built-in offline data",
         ),
     ]
 }

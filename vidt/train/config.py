@@ -255,7 +255,7 @@ def _family_overrides(family, preset: str) -> dict[str, dict[str, Any]]:
     """Per-environment settings that a preset should not undo (applied after the preset)."""
     if family.family != "onestate":
         return {}
-    # The one-state task (ALGORITHM.md). Rewards are <= 1, so Q is <= 1 and MuJoCo's alpha
+    # The one-state task (docs/algorithm.md). Rewards are <= 1, so Q is <= 1 and MuJoCo's alpha
     # 0.1 would leave the RL term a tenth of the supervised one: alpha 1 (set in default_dict)
     # restores the balance the paper has. lr 1e-3 and 25 rounds of 64 rollouts keep a run
     # under a minute. The exploration noise (deterministic head only; ODT samples its own

@@ -1,4 +1,4 @@
-"""Every loss of the three algorithms, in one place (ALGORITHM.md's table).
+"""Every loss of the three algorithms, in one place (docs/algorithm.md, "Specification").
 
     vidt: actor = supervised_coef * MSE(a_pred, a_data) + rl_coef * mean(-Q1(s, a_pred))
     odt:  actor = -(mean log-likelihood) - temperature.detach() * entropy;

@@ -1,4 +1,4 @@
-"""The training loop, top to bottom (ALGORITHM.md, "Loop"):
+"""The training loop, top to bottom (docs/algorithm.md, "Loop"):
 
 1. offline pretraining: `pretrain_updates` actor updates on the offline data (the critic
    learns alongside; the RL term is off unless `rl_from_start`);
