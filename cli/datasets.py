@@ -15,7 +15,7 @@ def datasets():
 @datasets.command()
 @click.argument("source", required=False)
 @click.option("--env", "env_id", default=None,
-              help="Env to check sizes against and to score with (D4RL-normalised score).")
+              help="Env to check sizes against and to score with (D4RL-normalized score).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def info(source, env_id, as_json):
     """Episodes, steps and returns of the dataset at SOURCE.
@@ -47,7 +47,7 @@ def info(source, env_id, as_json):
         f"steps             {s.steps}\n"
         f"obs / act size    {s.obs_dim} / {s.act_dim}\n"
         f"return min/mean/max {s.return_min:.1f} / {s.return_mean:.1f} / {s.return_max:.1f}\n"
-        f"normalised score  {score}"
+        f"normalized score  {score}"
     )
 
 

@@ -7,22 +7,26 @@ import sys
 
 import click
 
+from .options import InputPath
 from .serve import _read_token
 
 
 @click.command("eval")
 @click.option("--server", required=True, metavar="HOST:PORT", help="Address of `vidt serve`.")
-@click.option("--env", "env_id", required=True, help="Gymnasium env id, e.g. Hopper-v5.")
-@click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--env", "env_id", default=None,
+              help="Gymnasium env id, e.g. Hopper-v5  [default: the served policy's env]")
+@click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Episodes to run.")
 @click.option("--target-return", type=float, default=None,
               help="Return to condition on  [default: the policy's]")
 @click.option("--num-envs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Sub-envs of a vector env, stepped with ActBatch when > 1.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Episode e (sub-env i) is reset with seed + e (seed + i).")
-@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
-              help="File holding the server's bearer token.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--auth-token-file", "--token-file", "token_file", type=click.Path(dir_okay=False),
+              default=None, help="File holding the server's bearer token (as `vidt serve "
+                                 "--auth-token-file`).")
+@click.option("--tls-ca", type=InputPath(dir_okay=False), default=None,
               help="PEM certificate (or CA) to trust: connect with TLS.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Deadline of each call, seconds.")
@@ -31,7 +35,7 @@ from .serve import _read_token
 def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file, tls_ca,
              timeout, as_json, no_progress):
     """Run episodes of ENV against the policy served at --server and report returns,
-    normalised score, episode lengths and Act latency.
+    normalized score, episode lengths and Act latency.
 
     \b
     Example:
@@ -43,12 +47,17 @@ def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file
     from vidt.serving.evaluate import evaluate
 
     with PolicyClient(server, token=_read_token(token_file), tls=tls_ca,
-                      timeout_s=timeout) as client, \
-            tqdm(total=episodes, desc=f"eval {env_id}", unit="ep", file=sys.stderr,
-                 disable=no_progress or None, leave=False) as bar:
-        res = evaluate(client, env_id, episodes, target_return=target_return,
-                       num_envs=num_envs, seed=seed,
-                       on_episode=lambda ret, n: (bar.update(1), bar.set_postfix(ret=f"{ret:.1f}")))
+                      timeout_s=timeout) as client:
+        if env_id is None:
+            env_id = client.info().env_id
+            if not env_id:
+                raise click.UsageError("the served policy names no env: pass --env")
+        with tqdm(total=episodes, desc=f"eval {env_id}", unit="ep", file=sys.stderr,
+                  disable=no_progress or None, leave=False) as bar:
+            res = evaluate(client, env_id, episodes, target_return=target_return,
+                           num_envs=num_envs, seed=seed,
+                           on_episode=lambda ret, n: (bar.update(1),
+                                                      bar.set_postfix(ret=f"{ret:.1f}")))
     if as_json:
         click.echo(json.dumps(res.to_json()))
         return

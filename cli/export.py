@@ -8,9 +8,11 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from .options import InputPath
+
 
 @click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", type=InputPath(file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="ONNX file to write  [default: RUN_DIR/policy.onnx]")
 @click.option("--actor", "which", type=click.Choice(["last", "best"]), default="last",
@@ -18,7 +20,7 @@ from tqdm import tqdm
               help="last: the actor as training ended (or was stopped); best: the actor of the "
                    "run's best evaluation (kept as RUN_DIR/actor_best.pt). The file's metadata "
                    "says which.")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--checkpoint", type=InputPath(dir_okay=False), default=None,
               help="Export this actor.pt or checkpoint.pt file instead of --actor's choice.")
 @click.option("--opset", type=click.IntRange(14, 20), default=None,
               help="ONNX opset  [default: 17]")

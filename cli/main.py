@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import sys
 
 import click
 
 import vidt
 from vidt.errors import VidtError
+
+from .options import debug_enabled
 
 # name -> (module, attribute, one-line help). A command whose module is absent is not listed:
 # nothing pretends to exist before it is built.
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except VidtError as e:
-        if os.environ.get("VIDT_DEBUG"):
+        if debug_enabled():
             raise
         click.echo(f"Error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
     except OSError as e:  # the machine's problem, not a bug of ours: disk full, permissions...
-        if os.environ.get("VIDT_DEBUG"):
+        if debug_enabled():
             raise
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)

@@ -12,6 +12,8 @@ import click
 from vidt.errors import ConfigError
 from vidt.serving.server import ServerConfig
 
+from .options import InputPath
+
 DEFAULTS = {f.name: f.default for f in fields(ServerConfig)}  # the one place they are written
 
 
@@ -53,9 +55,9 @@ def _read_token(path: str | None) -> str | None:
               help="onnxruntime intra-op threads  [default: onnxruntime's choice]")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics over HTTP on this port.")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--tls-cert", type=InputPath(dir_okay=False), default=None,
               help="PEM certificate chain (with --tls-key).")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--tls-key", type=InputPath(dir_okay=False), default=None,
               help="PEM private key.")
 @click.option("--auth-token-file", type=click.Path(dir_okay=False), default=None,
               help="File holding the bearer token every call must carry.")
@@ -63,12 +65,16 @@ def _read_token(path: str | None) -> str | None:
               help="Allow a non-loopback --host without TLS or token.")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="onnxruntime execution provider.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True,
+              help="info logs start-up, shutdown and each session opened, closed or expired; "
+                   "errors are logged at every level.")
 @click.option("--grace", type=click.FloatRange(min=0), default=DEFAULTS["grace_s"],
               show_default=True,
               help="Seconds open episodes get to finish after SIGTERM/SIGINT.")
 def serve(model, host, port, max_sessions, idle_timeout, max_batch, batch_window_us, threads,
           ort_threads, metrics_port, tls_cert, tls_key, auth_token_file, insecure, provider,
-          grace):
+          log_level, grace):
     """Serve an ONNX policy over gRPC until SIGTERM/SIGINT (then drain and exit 0).
 
     \b
@@ -78,7 +84,7 @@ def serve(model, host, port, max_sessions, idle_timeout, max_batch, batch_window
     """
     from vidt.serving.server import serve as run
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    logging.basicConfig(level=getattr(logging, log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         host=host, port=port, max_sessions=max_sessions, idle_timeout_s=idle_timeout,

@@ -128,7 +128,7 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
     from vidt.train.trainer import train as run_train
 
     result = run_train(cfg, run_dir, resume=resume, force=force,
-                       progress=not no_progress and not as_json)
+                       progress=not no_progress and not as_json and sys.stderr.isatty())
     summary = {
         "run_dir": str(result.run_dir), "env_id": cfg.env_id, "algo": cfg.algo,
         "online_env_steps": result.online_env_steps, "actor_updates": result.actor_updates,

@@ -143,7 +143,7 @@ def main() -> int:
         f"| training eval, final ({curve['last']['online_env_steps']} online steps) | "
         f"{float(curve['last']['eval_return_mean']):.1f} |",
         f"| served return ({ev['episodes']} episodes) | {ev['return_mean']:.1f} ± {ev['return_std']:.1f} |",
-        f"| served normalised score | {'n/a' if score is None else f'{score:.1f}'} |",
+        f"| served normalized score | {'n/a' if score is None else f'{score:.1f}'} |",
         f"| Act latency p50 / p99 | {ev['latency_ms']['p50']:.2f} ms / {ev['latency_ms']['p99']:.2f} ms |",
         f"| wall time | {time.monotonic() - t0:.0f} s |",
         "",

@@ -49,6 +49,18 @@ class ServerError(VidtError):
         self.method, self.code, self.details = method, code, details
 
 
+def check_address(address: str) -> str:
+    """HOST:PORT (or [IPv6]:PORT, or a gRPC target such as unix:PATH) as given; a VidtError
+    for a missing port, which gRPC would otherwise take as 443 and wait on."""
+    if "://" in address or address.startswith(("unix:", "dns:", "ipv4:", "ipv6:")):
+        return address
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or "]" in port or not port.isdigit():
+        raise VidtError(f"server address {address!r} needs a port: HOST:PORT, e.g. "
+                        f"127.0.0.1:50051")
+    return address
+
+
 def wait_serving(address: str, timeout: float = 60.0, alive=None,
                  service: str = "vidt.v1.PolicyService") -> bool:
     """Poll grpc health until `service` is SERVING at `address` (plaintext). False when
@@ -88,7 +100,7 @@ class PolicyClient:
     def __init__(self, address: str, token: str | None = None,
                  tls: bool | str | Path | bytes | None = None, *, timeout_s: float = 10.0,
                  retries: int = 5, backoff_s: float = 0.05, options=()):
-        self.address = address
+        self.address = check_address(address)
         self.timeout_s, self.retries, self.backoff_s = timeout_s, int(retries), backoff_s
         options = [*CHANNEL_OPTIONS, *options]
         if tls is None or tls is False:

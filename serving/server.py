@@ -12,11 +12,13 @@ bounds the concurrent calls, and so the sessions one batch can gather.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import logging
 import math
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -84,12 +86,19 @@ class ServerConfig:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+    """Whether every address `host` stands for is a loopback one (a name is resolved: a
+    hosts-file alias of 127.0.0.1 is loopback, a name that does not resolve is not)."""
+    h = host.strip("[]")
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(h).is_loopback
     except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(h, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
         return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback
+                               for i in infos)
 
 
 def message_limits(obs_dim: int, act_dim: int, max_batch_requests: int) -> tuple[int, int]:
@@ -266,6 +275,27 @@ class BearerAuth(grpc.ServerInterceptor):
                     response_serializer=handler.response_serializer)
 
 
+def check_bindable(host: str, port: int, option: str) -> None:
+    """ConfigError naming the port and the cause when nothing can listen on host:port."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(f"{option} {port}: cannot listen on {host}:{port}: the port "
+                                  f"is in use by another process; choose another (0 picks a "
+                                  f"free one)") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(f"{option} {port}: this machine has no address {host} to "
+                                  f"listen on") from None
+            raise ConfigError(f"{option} {port}: cannot listen on {host}:{port}: "
+                              f"{e.strerror or e}") from None
+
+
 class PolicyServer:
     """A PolicyService for one loaded policy (an OnnxPolicy, or anything with `metadata`,
     `provider` and `predict`). Binds in the constructor (a taken port fails there), serves
@@ -306,6 +336,9 @@ class PolicyServer:
 
         host = f"[{c.host}]" if ":" in c.host and not c.host.startswith("[") else c.host
         address = f"{host}:{c.port}"
+        check_bindable(c.host, c.port, "--port")  # before grpc, which only logs "Failed to bind"
+        if c.metrics_port is not None:
+            check_bindable(c.host, c.metrics_port, "--metrics-port")
         try:
             if c.tls_cert:
                 key, cert = Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes()

@@ -24,6 +24,7 @@ Inference is injected (`infer(list[WindowInputs]) -> (n, A)`): a `Batcher` in th
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import threading
@@ -35,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vidt.window import ContextWindow, WindowInputs
+
+log = logging.getLogger(__name__)
 
 Infer = Callable[[list[WindowInputs]], np.ndarray]
 
@@ -192,6 +195,8 @@ class SessionStore:
             window = m.new_window(float(target_return))
             self._sessions[sid] = _Session(sid, window, self.clock())
             self.created_total += 1
+            n_open = len(self._sessions)
+        log.info("session %s opened (target return %g; %d open)", sid, target_return, n_open)
         return SessionCreated(sid, float(target_return), int(m.context_len),
                               int(math.ceil(self.idle_timeout_s)))
 
@@ -201,6 +206,8 @@ class SessionStore:
             del self._sessions[session_id]
             self._remember_locked(session_id, "closed")
             self.closed_total += 1
+        log.info("session %s closed after %d steps (return %g)", session_id, s.window.step,
+                 s.window.total_reward)
         return SessionSummary(steps=s.window.step, total_reward=s.window.total_reward)
 
     def expire_idle(self) -> int:
@@ -360,6 +367,8 @@ class SessionStore:
         del self._sessions[s.id]
         self._remember_locked(s.id, "expired")
         self.expired_total += 1
+        log.info("session %s expired after %g s idle (%d steps)", s.id, self.idle_timeout_s,
+                 s.window.step)
 
     def _remember_locked(self, sid: str, why: str) -> None:
         self._ended[sid] = why

@@ -27,7 +27,7 @@ RUN_BY = {
         "test_make_demo_runs_the_demo_script (make demo = install + scripts/demo.py); "
         ".ci/run runs make test",
     ("README.md", "vidt collect --env Pendulum-v1 --policy random --steps 10000 --seed 0 --out data/pendulum\n"
-                  "vidt datasets info data/pendulum            # episodes, steps, returns, normalised score\n"):
+                  "vidt datasets info data/pendulum            # episodes, steps, returns, normalized score\n"):
         "test_readme_data_block",
     ("README.md", "vidt collect --env Pendulum-v1 --policy random --steps 10000 --seed 0 --out data/pendulum\n"
                   "vidt datasets info data/pendulum\n"):
@@ -141,7 +141,7 @@ def test_make_demo_runs_the_demo_script(tmp_path):
     report = (tmp_path / "demo" / "report.md").read_text()
     for row in ("dataset (random policy)", "training eval before finetuning",
                 "training eval, final (", "served return (2 episodes)",
-                "served normalised score", "Act latency p50 / p99"):
+                "served normalized score", "Act latency p50 / p99"):
         assert row in report and row in first.stdout
     assert (tmp_path / "demo" / "learning_curve.png").stat().st_size > 1000
     served = re.search(r"served return \(2 episodes\) \| (-?[\d.]+)", report).group(1)

@@ -227,10 +227,13 @@ def _minari_dataset(source: str | os.PathLike):
                            f"(no data/main_data.hdf5 inside)")
     if path.is_absolute() or str(source).startswith((".", "~")):
         raise DatasetError(f"{source}: no such file or directory")
+    root = _minari_root()
     try:
+        # Look before asking Minari: its lookup creates the root folder, even for a typo.
+        if not (Path(root).expanduser() / str(source)).is_dir():
+            raise FileNotFoundError
         return minari.load_dataset(str(source), download=False), str(source)
     except FileNotFoundError:
-        root = _minari_root()
         raise DatasetError(
             f"{source}: no such file, directory or local Minari dataset id (looked under "
             f"{root}; vidt never downloads)") from None

@@ -22,7 +22,7 @@ class EnvFamily:
     eval_target_return: float  # RTG the evaluation episodes are conditioned on
     online_target_return: float  # RTG the online exploration episodes are conditioned on
     reward_scale: float  # RTG tokens are returns times this
-    ref_min: float | None = None  # D4RL-style reference returns for normalised scores
+    ref_min: float | None = None  # D4RL-style reference returns for normalized scores
     ref_max: float | None = None
     actor_update_interval: int = 1  # critic steps per actor step
     buffer_episodes: int = 1000
@@ -187,7 +187,7 @@ def is_known(env_id: str) -> bool:
 
 
 def normalized_score(env_id: str, ret: float) -> float | None:
-    """D4RL-normalised score, 100 * (ret - min) / (max - min); None without a reference."""
+    """D4RL-normalized score, 100 * (ret - min) / (max - min); None without a reference."""
     fam = get_family(env_id)
     if not fam.has_reference or not math.isfinite(ret):
         return None

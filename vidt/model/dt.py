@@ -1,8 +1,8 @@
 """The decision transformer and the twin critic: networks only, nothing about training.
 
 Shapes use B = batch, K = context length, S = observation size, A = action size, d = width.
-Inside the networks observations are normalised and actions live in [-1, 1]; `Actor` wraps
-the transformer with the state normalisation, reward scale and action bounds so that it takes
+Inside the networks observations are normalized and actions live in [-1, 1]; `Actor` wraps
+the transformer with the state normalization, reward scale and action bounds so that it takes
 raw environment values (that is what rollouts use and what is exported to ONNX).
 """
 
@@ -129,7 +129,7 @@ class DecisionTransformer(nn.Module):
 
     def encode(
         self,
-        states: torch.Tensor,  # (B, K, S) normalised
+        states: torch.Tensor,  # (B, K, S) normalized
         actions: torch.Tensor,  # (B, K, A) in [-1, 1]; the current step's is a placeholder
         rtg: torch.Tensor,  # (B, K) scaled returns-to-go
         mask: torch.Tensor,  # (B, K) 1 = real step, 0 = left padding
@@ -236,7 +236,7 @@ class EnsembleLinear(nn.Module):
 
 
 class TwinCritic(nn.Module):
-    """Two independent Q MLPs (2 x hidden, ReLU) on [normalised state, action], per token,
+    """Two independent Q MLPs (2 x hidden, ReLU) on [normalized state, action], per token,
     evaluated together in one batched pass."""
 
     def __init__(self, spec: ModelSpec, hidden: int = 256, layernorm: bool = False, n: int = 2):
@@ -269,7 +269,7 @@ class TwinCritic(nn.Module):
 
 
 class Actor(nn.Module):
-    """The transformer with its normalisation and bounds: raw observations and returns in,
+    """The transformer with its normalization and bounds: raw observations and returns in,
     the current step's action in the env's bounds out. Rollouts use it and it is exported.
 
     Buffers (saved with the weights, exported into the graph): state mean and std, the reward

@@ -9,7 +9,7 @@
           for the next state (same padding mask) + clipped noise.
 
 All means are over real (non-padding) tokens only: `masked_mean`. Inside the networks,
-states are normalised and actions live in [-1, 1] (`Batch` holds them that way).
+states are normalized and actions live in [-1, 1] (`Batch` holds them that way).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Batch:
-    """Segments as network inputs: normalised states, [-1, 1] actions, scaled RTGs; padding
+    """Segments as network inputs: normalized states, [-1, 1] actions, scaled RTGs; padding
     slots are exactly zero in every input so they carry nothing."""
 
-    states: torch.Tensor  # (B, K, S) normalised
+    states: torch.Tensor  # (B, K, S) normalized
     actions: torch.Tensor  # (B, K, A) in [-1, 1]
     rewards: torch.Tensor  # (B, K) raw
-    next_states: torch.Tensor  # (B, K, S) normalised
+    next_states: torch.Tensor  # (B, K, S) normalized
     rtg: torch.Tensor  # (B, K+1) scaled
     terminals: torch.Tensor  # (B, K)
     mask: torch.Tensor  # (B, K)

@@ -1,0 +1,163 @@
+"""Mistakes a new user makes, through the real CLI: each gets one line naming its cause and
+a consistent exit status (1: a problem with the input, 2: a usage error)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import click
+import pytest
+from serving_util import free_port, make_policy_onnx, running_server
+
+from vidt.serving.client import PolicyClient
+from vidt.serving.runtime import OnnxPolicy
+
+VIDT = [sys.executable, "-m", "vidt.cli.main"]
+
+
+def _cli(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([*VIDT, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_policy_onnx(tmp_path_factory.mktemp("m") / "p.onnx", obs_dim=3, act_dim=1,
+                            env_id="Pendulum-v1", low=-2.0, high=2.0)
+
+
+@pytest.mark.parametrize("args", [
+    ("export", "/nonexistent/run"),
+    ("export", "RUN", "--checkpoint", "/nonexistent.pt"),
+    ("serve", "--model", "/nonexistent.onnx"),
+    ("serve", "--model", "MODEL", "--tls-cert", "/nonexistent.pem", "--tls-key", "/x.pem"),
+    ("eval", "--server", "127.0.0.1:1", "--env", "Pendulum-v1", "--tls-ca", "/nonexistent"),
+    ("train", "--env", "Pendulum-v1", "--dataset", "/nonexistent", "--out", "OUT"),
+    ("datasets", "info", "/nonexistent"),
+    ("collect", "--env", "Pendulum-v1", "--policy", "/nonexistent.onnx", "--steps", "5",
+     "--out", "OUT"),
+])
+def test_a_missing_input_path_is_exit_1_everywhere(run_cli, args, tiny, tmp_path):
+    (tmp_path / "run").mkdir()
+    subst = {"RUN": str(tmp_path / "run"), "MODEL": str(tiny), "OUT": str(tmp_path / "out")}
+    res = run_cli(*[subst.get(a, a) for a in args])
+    assert res.exit_code == 1, (res.exit_code, res.stderr)
+    assert "nonexistent" in _one_error_line(res.stderr)
+
+
+@pytest.mark.parametrize("value, traceback", [("0", False), ("", False), ("false", False),
+                                              ("1", True)])
+def test_vidt_debug_is_on_only_when_set_true(value, traceback):
+    res = _cli("datasets", "info", "/nonexistent", env={"VIDT_DEBUG": value})
+    assert res.returncode == 1
+    assert ("Traceback" in res.stderr) is traceback
+
+
+def test_busy_ports_are_named(tiny):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        for args in (("--port", str(port)), ("--port", "0", "--metrics-port", str(port))):
+            res = _cli("serve", "--model", str(tiny), *args)
+            assert res.returncode == 1
+            line = _one_error_line(res.stderr)
+            assert f"{args[-2]} {port}" in line and "in use" in line, line
+            assert "add_port" not in res.stderr and "GRPC_VERBOSITY" not in res.stderr
+
+
+def test_a_server_address_without_a_port_is_refused(run_cli):
+    res = run_cli("eval", "--server", "localhost", "--env", "Pendulum-v1")
+    assert res.exit_code == 1
+    assert "needs a port" in _one_error_line(res.stderr)
+
+
+def test_host_names_are_loopback_when_they_resolve_to_it():
+    from vidt.serving.server import ServerConfig, is_loopback
+
+    assert is_loopback("localhost") and is_loopback("127.0.0.2") and is_loopback("[::1]")
+    assert not is_loopback("10.1.2.3") and not is_loopback("no-such-host.invalid")
+    try:
+        aliases = socket.gethostbyaddr("127.0.0.1")[1] + [socket.gethostbyaddr("127.0.0.1")[0]]
+    except OSError:
+        aliases = []
+    for name in aliases:  # e.g. localhost.localdomain in /etc/hosts
+        if name != "localhost":
+            ServerConfig(host=name)  # no "beyond loopback" refusal
+            break
+
+
+def test_a_failed_dataset_lookup_creates_nothing(tmp_path):
+    root = tmp_path / "minari" / "datasets"
+    res = _cli("datasets", "info", "someone/nothing-v0", env={"MINARI_DATASETS_PATH": str(root)})
+    assert res.returncode == 1 and "nothing-v0" in _one_error_line(res.stderr)
+    assert not (tmp_path / "minari").exists()
+
+
+def test_eval_defaults_to_the_served_env_and_takes_the_serve_token_option(run_cli, tiny,
+                                                                            tmp_path):
+    token = tmp_path / "token"
+    token.write_text("t-1\n")
+    policy = OnnxPolicy(tiny, provider="cpu")
+    with running_server(policy, auth_token="t-1") as srv:
+        res = run_cli("eval", "--server", f"127.0.0.1:{srv.port}", "--episodes", "1",
+                      "--auth-token-file", str(token), "--json", "--no-progress")
+    assert res.exit_code == 0, res.stderr
+    assert '"episodes": 1' in res.stdout
+
+
+def test_every_option_teaches_something():
+    import importlib
+
+    from vidt.cli.main import COMMANDS
+
+    bare = []
+    for name, (module, attr, _) in COMMANDS.items():
+        cmd = getattr(importlib.import_module(module), attr)
+        cmds = cmd.commands.values() if isinstance(cmd, click.Group) else [cmd]
+        for c in cmds:
+            for p in c.params:
+                if isinstance(p, click.Option) and not p.help and p.name != "help":
+                    bare.append(f"{name} {c.name}: {'/'.join(p.opts)}")
+    assert not bare, bare
+
+
+@pytest.mark.timeout(300)
+def test_train_draws_no_progress_bar_without_a_terminal(tmp_path):
+    res = _cli("train", "--env", "vidt/OneState-v0", "--preset", "tiny", "--online-steps", "64",
+               "--out", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr
+    assert "\r" not in res.stderr and "it/s" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("Next: vidt export")
+
+
+def test_the_server_logs_sessions(tiny):
+    port = free_port()
+    proc = subprocess.Popen([*VIDT, "serve", "--model", str(tiny), "--port", str(port),
+                             "--idle-timeout", "1"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        with PolicyClient(f"127.0.0.1:{port}", retries=20, backoff_s=0.2) as c:
+            with c.session() as s:
+                s.act([0.1, 0.2, 0.3])
+            c.session().act([0.1, 0.2, 0.3])  # left open: expires after 1 s
+            time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        log = proc.stderr.read()
+        assert "opened" in log and "closed after 1 steps" in log and "expired" in log, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
