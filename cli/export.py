@@ -24,8 +24,9 @@ from .options import InputPath
               help="Export this actor.pt or checkpoint.pt file instead of --actor's choice.")
 @click.option("--opset", type=click.IntRange(14, 20), default=None,
               help="ONNX opset  [default: 17]")
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def export(run_dir, out, which, checkpoint, opset, as_json):
+def export(run_dir, out, which, checkpoint, opset, force, as_json):
     """Export the actor of RUN_DIR (from `vidt train`) to one self-describing ONNX file.
 
     \b
@@ -39,8 +40,15 @@ def export(run_dir, out, which, checkpoint, opset, as_json):
     they agree within 1e-4.
     """
     from vidt.export import export as run_export
+    from vidt.train.checkpoint import training_pid
 
     out = out or str(Path(run_dir) / "policy.onnx")
+    if Path(out).exists() and not force:
+        raise click.ClickException(f"{out} exists: pass --force to replace it, or another --out")
+    pid = training_pid(run_dir)
+    if pid is not None:
+        click.echo(f"Note: {run_dir} is still being trained (pid {pid}): exporting its actor as "
+                   f"of the last checkpoint", err=True)
     with tqdm(total=1024, desc="parity check", unit="window", leave=False,
               disable=None) as bar:
         report = run_export(run_dir, out, checkpoint=checkpoint, opset=opset, which=which,

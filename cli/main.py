@@ -19,6 +19,7 @@ from .options import debug_enabled
 COMMANDS = {
     "collect": ("vidt.cli.collect", "collect", "Record a dataset from an env and a policy."),
     "datasets": ("vidt.cli.datasets", "datasets", "Inspect datasets."),
+    "envs": ("vidt.cli.envs", "envs", "List the envs vidt has settings for."),
     "train": ("vidt.cli.train", "train", "Pretrain offline and finetune online: ViDT, ODT, TD3."),
     "export": ("vidt.cli.export", "export", "Export a trained actor to one ONNX file."),
     "serve": ("vidt.cli.serve", "serve", "Serve an ONNX policy over gRPC."),

@@ -121,11 +121,15 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
         cfg = resolve(overrides["env_id"], overrides.get("algo", DEFAULTS["algo"]),
                       overrides.get("preset", DEFAULTS["preset"]), overrides=overrides)
     assert isinstance(cfg, TrainConfig)
+    from vidt.train.trainer import check_inputs
+    from vidt.train.trainer import train as run_train
+
     if dry_run:
+        check_inputs(cfg)  # everything a real run checks before training
         click.echo(cfg.to_json())
         return
-
-    from vidt.train.trainer import train as run_train
+    if resume and not _say_what_resume_does(run_dir, base, cfg):
+        return
 
     result = run_train(cfg, run_dir, resume=resume, force=force,
                        progress=not no_progress and not as_json and sys.stderr.isatty())
@@ -156,3 +160,26 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
         sys.exit(130)
 
 
+def _say_what_resume_does(run_dir: Path, saved: dict, cfg) -> bool:
+    """Whether there is anything to train; says so when the budget changes or is spent. Reads
+    the checkpoint as the trainer would, so a damaged one is reported either way."""
+    from vidt.train.checkpoint import CHECKPOINT, load_file
+
+    if not (run_dir / CHECKPOINT).exists():
+        return True  # nothing checkpointed yet: the trainer starts the run over
+    state = load_file(run_dir / CHECKPOINT)
+    try:
+        done = int(state["counters"]["online_env_steps"])
+    except (KeyError, TypeError, ValueError):
+        return True  # the trainer reports what is wrong with it
+    was, now = int(saved["online"]["online_steps"]), cfg.online.online_steps
+    if done >= now:
+        click.echo(f"{run_dir} has finished: {done} online steps, its budget is {now}. "
+                   f"Nothing to do; pass --online-steps N (more than {done}) to extend it.",
+                   err=True)
+        return False
+    if now != was:
+        what = "Extending the finished run" if done >= was else "Continuing the run"
+        click.echo(f"{what} from {done} online steps with a budget of {now} (was {was}).",
+                   err=True)
+    return True

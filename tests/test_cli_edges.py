@@ -161,3 +161,90 @@ def test_the_server_logs_sessions(tiny):
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--env", "Hoper-v5"), "Did you mean: `Hopper`"),
+    (("--env", "Pendulum-v1", "--dataset", "/nonexistent"), "/nonexistent"),
+    (("--env", "Pendulum-v1"), "pass --dataset"),
+    (("--env", "MountainCarContinuous-v0"), "not in vidt's registry"),
+])
+def test_dry_run_checks_what_a_run_would(run_cli, args, says):
+    res = run_cli("train", *args, "--dry-run")
+    assert res.exit_code == 1 and says in _one_error_line(res.stderr)
+
+
+def test_an_unregistered_env_trains_once_its_settings_are_given(run_cli, tmp_path):
+    from vidt.data.collect import collect
+
+    collect("MountainCarContinuous-v0", tmp_path / "data", 500, seed=0, policy="random")
+    res = run_cli("train", "--env", "MountainCarContinuous-v0", "--dataset", str(tmp_path / "data"),
+                  "--set", "eval.target_return=90", "--set", "online.target_return=100",
+                  "--set", "data.reward_scale=0.01", "--dry-run")
+    assert res.exit_code == 0, res.stderr
+    assert '"target_return": 90.0' in res.stdout
+
+
+def test_vidt_envs_lists_the_registry(run_cli):
+    import json
+
+    from vidt.envs import list_families
+
+    res = run_cli("envs")
+    assert res.exit_code == 0
+    for f in list_families():
+        assert f.env_id in res.stdout
+    res = run_cli("envs", "--json")
+    assert [d["env_id"] for d in json.loads(res.stdout)] == [f.env_id for f in list_families()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from vidt.train.config import resolve
+    from vidt.train.trainer import train
+
+    out = tmp_path_factory.mktemp("runs") / "onestate"
+    train(resolve("vidt/OneState-v0", "vidt", "tiny", overrides={"online.online_steps": 64}), out)
+    return out
+
+
+def test_export_refuses_to_overwrite_without_force(run_cli, finished_run, tmp_path):
+    out = tmp_path / "p.onnx"
+    assert run_cli("export", str(finished_run), "--out", str(out)).exit_code == 0
+    before = out.read_bytes()
+    res = run_cli("export", str(finished_run), "--out", str(out))
+    assert res.exit_code == 1 and "--force" in _one_error_line(res.stderr)
+    assert out.read_bytes() == before
+    assert run_cli("export", str(finished_run), "--out", str(out), "--force").exit_code == 0
+
+
+def test_export_of_a_run_in_training_says_so(run_cli, finished_run, tmp_path):
+    from vidt.train.checkpoint import RunDirLock
+
+    lock = RunDirLock(finished_run)  # as a live trainer holds it
+    try:
+        res = run_cli("export", str(finished_run), "--out", str(tmp_path / "p.onnx"))
+    finally:
+        lock.release()
+    assert res.exit_code == 0 and "still being trained" in res.stderr
+
+
+def test_force_removes_an_old_export_with_the_old_run(run_cli, tmp_path):
+    run = tmp_path / "run"
+    args = ("train", "--env", "vidt/OneState-v0", "--preset", "tiny", "--online-steps", "64",
+            "--out", str(run))
+    assert run_cli(*args).exit_code == 0
+    assert run_cli("export", str(run)).exit_code == 0 and (run / "policy.onnx").exists()
+    assert run_cli(*args, "--force").exit_code == 0
+    assert not (run / "policy.onnx").exists()
+
+
+def test_resume_of_a_finished_run_says_what_happens(run_cli, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "--env", "vidt/OneState-v0", "--preset", "tiny", "--online-steps",
+                   "64", "--out", str(run)).exit_code == 0
+    res = run_cli("train", "--out", str(run), "--resume")
+    assert res.exit_code == 0 and "Nothing to do" in res.stderr and "Done" not in res.stderr
+    res = run_cli("train", "--out", str(run), "--resume", "--online-steps", "128", "--json")
+    assert res.exit_code == 0 and "Extending the finished run from 64" in res.stderr
+    assert '"online_env_steps": 128' in res.stdout

@@ -54,6 +54,16 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
     return env
 
 
+def check_env_id(env_id: str) -> None:
+    """EnvError (with gymnasium's "did you mean") unless `env_id` is a registered env."""
+    register_envs()
+    _import_extra(env_id)
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as e:
+        raise EnvError(f"cannot make env {env_id!r}: {e}") from e
+
+
 def env_dims(env_id: str) -> tuple[int, int]:
     """(observation size, action size) of an env, flattened."""
     env = make_env(env_id)

@@ -130,6 +130,25 @@ class RunDirLock:
     __del__ = release
 
 
+def training_pid(run_dir: str | Path) -> str | None:
+    """The pid of the `vidt train` holding RUN_DIR's lock, or None when no trainer runs there
+    (the lock is taken and given back at once, so this never blocks a trainer)."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)  # also drops the shared lock, if it was taken
+    return None
+
+
 def load_file(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():

@@ -486,12 +486,43 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+UNREGISTERED_NEEDS = ("eval.target_return", "online.target_return", "data.reward_scale")
+
+
+def _check_unregistered(env_id: str, given: dict[str, Any]) -> None:
+    """An env outside the registry has no target returns or reward scale of its own: a run
+    on made-up ones (0 and 1) learns something else than the user thinks, so they must be
+    given."""
+    from vidt.envs import get_family
+    from vidt.envs.wrappers import check_env_id
+
+    if get_family(env_id).family != "generic":
+        return
+    check_env_id(env_id)  # a typo gets gymnasium's "did you mean", not this message
+    missing = [k for k in UNREGISTERED_NEEDS if k not in given]
+    if missing:
+        raise ConfigError(
+            f"{env_id} is not in vidt's registry (`vidt envs` lists it), so it has no target "
+            f"returns or reward scale: give {', '.join(f'--set {k}=...' for k in missing)} "
+            f"(the scale makes the returns-to-go about 1: 0.001 for returns in the thousands)")
+
+
 def resolve(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = "small",
             config_file: str | Path | None = None,
             overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The fully resolved config. Precedence: family < preset < algo < file < overrides.
+    """The fully resolved config: the one path from an env id to what a run uses. In order,
+    later wins:
 
-    A file may also set env_id/algo/preset; those choose the defaults it is applied over.
+    1. the env family's settings (vidt.envs.get_family; with the dataset's kind where the
+       family has a rule for it: MuJoCo from random data collects 1000 steps per iteration);
+    2. the preset's sizes (tiny | small | paper), then the family's settings that a preset
+       must not undo (the one-state task's);
+    3. the algorithm's coefficients (vidt.train.algos);
+    4. the TOML `config_file`;
+    5. `overrides` (the CLI's flags and --set).
+
+    A file or the overrides may also set env_id/algo/preset; those choose the defaults of 1-3.
+    An env outside the registry needs its target returns and reward scale in 4 or 5.
     """
     file_over = read_toml(config_file) if config_file else {}
     overrides = dict(overrides or {})
@@ -499,6 +530,7 @@ def resolve(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = "small",
     preset = overrides.get("preset", file_over.get("preset", preset))
     env_id = overrides.get("env_id", file_over.get("env_id", env_id))
     dataset = overrides.get("dataset", file_over.get("dataset"))
+    _check_unregistered(env_id, {**file_over, **overrides})
     d = default_dict(env_id, algo, preset, dataset)
     d = apply_overrides(d, file_over)
     d = apply_overrides(d, overrides)

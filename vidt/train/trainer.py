@@ -58,7 +58,10 @@ from .metrics import LossMeter, MetricsLog
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, ACTOR_BEST, "learning_curve.png", "tb")
+# Ours, so `--force` removes them: what the trainer writes, and `vidt export`'s default file,
+# which would otherwise sit beside a new run's actor as if it were its export.
+RUN_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, ACTOR_BEST, "learning_curve.png",
+             "tb", "policy.onnx")
 EPISODE_STEP_CAP = 100_000  # bound on an episode of an env without a time limit
 
 
@@ -107,6 +110,17 @@ def learning_rewards(episode: Episode, cfg: TrainConfig) -> Episode:
         return episode
     rewards = (episode.rewards.astype(np.float64) + offset) / divisor
     return replace(episode, rewards=rewards.astype(np.float32))
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """What a run checks before it touches its directory (and `--dry-run` checks alone): the
+    env can be made, the dataset loads and fits the env's sizes."""
+    env = make_env(cfg.env_id)
+    try:
+        S, A = int(env.observation_space.shape[0]), int(env.action_space.shape[0])
+        check_dims(load_offline(cfg), S, A, cfg.env_id, cfg.dataset or "built-in data")
+    finally:
+        env.close()
 
 
 def check_dims(episodes: list[Episode], obs_dim: int, act_dim: int, env_id: str, name: str) -> None:
