@@ -30,20 +30,29 @@ from .serve import _read_token
               help="PEM certificate (or CA) to trust: connect with TLS.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Deadline of each call, seconds.")
+@click.option("--record", "record_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write the first --record-episodes episodes to this folder as GIFs, "
+                   "rendered offscreen (needs --num-envs 1).")
+@click.option("--record-episodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many episodes --record writes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file, tls_ca,
-             timeout, as_json, no_progress):
+             timeout, record_dir, record_episodes, as_json, no_progress):
     """Run episodes of ENV against the policy served at --server and report returns,
     normalized score, episode lengths and Act latency.
 
     \b
     Example:
       vidt eval --server 127.0.0.1:50051 --env Hopper-v5 --episodes 10 --num-envs 4
+      vidt eval --server 127.0.0.1:50051 --episodes 3 --record videos/
     """
     from tqdm import tqdm
 
     from vidt.serving.client import PolicyClient
+
+    if record_dir is not None and num_envs != 1:
+        raise click.UsageError("--record needs --num-envs 1")
     from vidt.serving.evaluate import evaluate
 
     with PolicyClient(server, token=_read_token(token_file), tls=tls_ca,
@@ -55,7 +64,8 @@ def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file
         with tqdm(total=episodes, desc=f"eval {env_id}", unit="ep", file=sys.stderr,
                   disable=no_progress or None, leave=False) as bar:
             res = evaluate(client, env_id, episodes, target_return=target_return,
-                           num_envs=num_envs, seed=seed,
+                           num_envs=num_envs, seed=seed, record_dir=record_dir,
+                           record_episodes=record_episodes,
                            on_episode=lambda ret, n: (bar.update(1),
                                                       bar.set_postfix(ret=f"{ret:.1f}")))
     if as_json:
@@ -71,3 +81,6 @@ def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file
                f"max {max(res.lengths)})\n"
                f"{how} latency: p50 {lat['p50']:.3f} ms, p95 {lat['p95']:.3f} ms, "
                f"p99 {lat['p99']:.3f} ms ({res.calls} calls)")
+    if record_dir is not None:
+        click.echo(f"recorded: the first {min(record_episodes, episodes)} episode(s) as GIFs "
+                   f"in {record_dir}")

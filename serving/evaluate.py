@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -79,21 +80,35 @@ def _percentiles(lat_s: list[float]) -> dict:
 
 def evaluate(client: PolicyClient, env_id: str, episodes: int, *,
              target_return: float | None = None, num_envs: int = 1, seed: int = 0,
-             on_episode: Callable[[float, int], None] | None = None) -> EvalResult:
+             on_episode: Callable[[float, int], None] | None = None,
+             record_dir: str | Path | None = None, record_episodes: int = 1) -> EvalResult:
     """Run `episodes` episodes of `env_id` against the server behind `client`.
-    on_episode(return, length) is called as each episode finishes (progress bars)."""
+    on_episode(return, length) is called as each episode finishes (progress bars).
+    record_dir: the first `record_episodes` episodes are also written there as GIFs,
+    rendered offscreen (single env only)."""
     if episodes < 1 or num_envs < 1:
         raise VidtError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
+    if record_dir is not None and num_envs != 1:
+        raise VidtError("recording needs a single env (num_envs 1)")
     info = client.info()
-    run = _run_single if num_envs == 1 else partial(_run_vector, num_envs=num_envs)
+    if num_envs == 1:
+        run = partial(_run_single, record_dir=record_dir, record_episodes=record_episodes)
+    else:
+        run = partial(_run_vector, num_envs=num_envs)
     returns, lengths, lat = run(client, info, env_id, episodes, target_return, seed,
                                 on_episode or (lambda r, n: None))
     return EvalResult(env_id, tuple(returns), tuple(lengths), _percentiles(lat), num_envs,
                       len(lat))
 
 
-def _run_single(client, info, env_id, episodes, target_return, seed, on_episode):
-    env = make_env(env_id)
+def _run_single(client, info, env_id, episodes, target_return, seed, on_episode,
+                record_dir=None, record_episodes=0):
+    from vidt.envs.recording import GifRecorder, use_offscreen_gl
+
+    if record_dir is not None:
+        use_offscreen_gl()
+        Path(record_dir).mkdir(parents=True, exist_ok=True)
+    env = make_env(env_id, **({"render_mode": "rgb_array"} if record_dir is not None else {}))
     try:
         check_compatible(info, env_id, env)
         limit = (env.spec.max_episode_steps if env.spec else None) or MAX_STEPS_WITHOUT_LIMIT
@@ -101,6 +116,10 @@ def _run_single(client, info, env_id, episodes, target_return, seed, on_episode)
         for e in range(episodes):
             obs, _ = env.reset(seed=seed + e)
             ret, n, reward = 0.0, 0, 0.0
+            rec = None
+            if record_dir is not None and e < record_episodes:
+                rec = GifRecorder(env.metadata.get("render_fps"))
+                rec.add(_render(env))
             with client.session(target_return) as s:
                 while n < limit:
                     t0 = time.perf_counter()
@@ -108,14 +127,29 @@ def _run_single(client, info, env_id, episodes, target_return, seed, on_episode)
                     lat.append(time.perf_counter() - t0)
                     obs, reward, terminated, truncated, _ = env.step(action)
                     ret, n = ret + float(reward), n + 1
+                    if rec is not None:
+                        rec.add(_render(env))
                     if terminated or truncated:
                         break
+            if rec is not None:
+                rec.save(Path(record_dir) / f"{env_id.replace('/', '-')}-seed{seed + e}.gif")
             returns.append(ret)
             lengths.append(n)
             on_episode(ret, n)
         return returns, lengths, lat
     finally:
         env.close()
+
+
+def _render(env):
+    """One rgb frame, or a VidtError saying what offscreen rendering needs."""
+    try:
+        return env.render()
+    except Exception as e:  # MuJoCo's GL backends fail in several ways without their libraries
+        raise VidtError(
+            f"cannot render {env.spec.id if env.spec else 'the env'} offscreen ({type(e).__name__}: "
+            f"{e}); MuJoCo needs EGL (Debian: apt-get install libegl1) or OSMesa "
+            f"(libosmesa6 and MUJOCO_GL=osmesa)") from None
 
 
 def _run_vector(client, info, env_id, episodes, target_return, seed, on_episode, num_envs):

@@ -248,3 +248,28 @@ def test_resume_of_a_finished_run_says_what_happens(run_cli, tmp_path):
     res = run_cli("train", "--out", str(run), "--resume", "--online-steps", "128", "--json")
     assert res.exit_code == 0 and "Extending the finished run from 64" in res.stderr
     assert '"online_env_steps": 128' in res.stdout
+
+
+@pytest.mark.timeout(300)
+def test_eval_records_a_playable_hopper_episode(run_cli, tmp_path):
+    from PIL import Image
+
+    model = make_policy_onnx(tmp_path / "hopper.onnx", obs_dim=11, act_dim=3, K=5, eval_len=5,
+                             env_id="Hopper-v5", default_target_return=3600.0,
+                             max_episode_steps=1000)
+    with running_server(OnnxPolicy(model, provider="cpu")) as srv:
+        args = ("eval", "--server", f"127.0.0.1:{srv.port}", "--episodes", "2", "--json",
+                "--no-progress")
+        plain = run_cli(*args)
+        recorded = run_cli(*args, "--record", str(tmp_path / "videos"))
+    if recorded.exit_code != 0 and "cannot render" in recorded.stderr:
+        pytest.skip(recorded.stderr.strip())  # no EGL/OSMesa on this machine
+    assert plain.exit_code == 0 and recorded.exit_code == 0, recorded.stderr
+    assert plain.stdout.split('"latency_ms"')[0] == recorded.stdout.split('"latency_ms"')[0]
+    gifs = sorted((tmp_path / "videos").glob("*.gif"))
+    assert [g.name for g in gifs] == ["Hopper-v5-seed0.gif"]  # --record-episodes 1
+    with Image.open(gifs[0]) as im:
+        assert im.format == "GIF" and im.is_animated and im.n_frames > 2
+        assert max(im.size) <= 320
+        im.seek(im.n_frames // 2)
+        assert len(set(im.convert("L").getdata())) > 10  # a rendered scene, not a blank
