@@ -36,7 +36,7 @@ bench: $(STAMP)
 
 # A longer load and fault run against a real server; not part of CI.
 soak: $(STAMP)
-	$(BIN)/python scripts/soak.py --duration $(SOAK_SECONDS)
+	PYTHONPATH=tests:tests/reliability $(BIN)/python scripts/soak.py --duration $(SOAK_SECONDS)
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

@@ -38,11 +38,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "reliability")]
-
-from reliability_util import ServeProcess, drive, session_when_free, vanish, wait_until  # noqa: E402
-from serving_util import health_status, make_dt_onnx, make_policy_onnx  # noqa: E402
+try:  # the test suite's helpers: `make soak` puts tests/ and tests/reliability/ on PYTHONPATH
+    from reliability_util import ServeProcess, drive, session_when_free, vanish, wait_until
+    from serving_util import health_status, make_dt_onnx, make_policy_onnx
+except ImportError:
+    sys.exit("scripts/soak.py uses the test suite's helpers: run `make soak`, or "
+             "PYTHONPATH=tests:tests/reliability python scripts/soak.py")
 
 from vidt.serving.client import PolicyClient, ServerError  # noqa: E402
 from vidt.serving.runtime import OnnxPolicy  # noqa: E402

@@ -99,6 +99,22 @@ def make_dt_onnx(path: str | Path, *, obs_dim: int = 3, act_dim: int = 2, K: int
     return Path(path)
 
 
+class Clock:
+    """A settable clock for SessionStore: expiry without sleeping."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def episode(n: int = 8, S: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random inputs of an n-step episode: observations (n, S) float32, rewards (n,)."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, S)).astype(np.float32), rng.normal(size=n)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -3,12 +3,12 @@ directory, through the installed `vidt` command), with budgets cut to fit CI."""
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from serving_util import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -27,19 +27,13 @@ def _block(heading: str, lang: str) -> str:
     return re.search(rf"```{lang}\n(.*?)```", section, re.S).group(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(600)
 def test_readme_tour_and_python_client(tmp_path):
     tour = _block("## A five-minute tour", "bash")
     for old, new in SMALLER:
         assert old in tour, f"README tour no longer has {old!r}: update this test"
         tour = tour.replace(old, new)
-    port = str(_free_port())
+    port = str(free_port())
     tour = tour.replace("50051", port)
     client = _block("## Driving a Gymnasium env from Python", "python").replace("50051", port)
     (tmp_path / "client.py").write_text(client)

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from serving_util import NumpyActor
+from serving_util import Clock, NumpyActor, episode
 
 from vidt.serving.batcher import Batcher
 from vidt.serving.sessions import (
@@ -21,19 +21,6 @@ from vidt.serving.sessions import (
     Unavailable,
 )
 from vidt.window import ContextWindow
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
-
-
-def episode(n=7, S=3, seed=1):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, S)).astype(np.float32), rng.normal(size=n)
 
 
 def test_session_actions_equal_a_local_window():

@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 from serving_util import (
+    episode,
     free_port,
     health_status,
     make_policy_onnx,
@@ -44,11 +45,6 @@ def server(policy):
 def client(server):
     with PolicyClient(server.address, timeout_s=5) as c:
         yield c
-
-
-def episode(n=8, S=3, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, S)).astype(np.float32), rng.normal(size=n)
 
 
 def local_actions(policy, obs, rew, target_return=None):

@@ -3,16 +3,12 @@ onnxruntime, and the count of fuzz cases per category (printed at the end of the
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: serving_util
-
-from reliability_util import EVAL_LEN, A, K, S  # noqa: E402
-from serving_util import make_dt_onnx, make_policy_onnx  # noqa: E402
+from reliability_util import EVAL_LEN, A, K, S
+from serving_util import make_dt_onnx, make_policy_onnx
 
 FUZZ_COUNTS: Counter = Counter()
 

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import serving_util
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from serving_util import Clock, free_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: serving_util
+__all__ = ["Clock", "free_port"]  # re-exported for the reliability tests
 
 F32_MAX = float(np.finfo(np.float32).max)
 S, A, K, EVAL_LEN, T = 3, 2, 4, 3, 8  # the tiny test model's sizes; episodes of T steps
@@ -31,9 +33,8 @@ KINDS = ("victim", "unknown", "closed", "expired", "empty", "long", "text")
 
 
 def episode(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed episode: observations (T, S) float32 and rewards (T,) float64."""
-    rng = np.random.default_rng(1000 + seed)
-    return rng.normal(size=(T, S)).astype(np.float32), rng.normal(size=T)
+    """The seed-th fixed episode of these tests: observations (T, S) float32, rewards (T,)."""
+    return serving_util.episode(T, S, 1000 + seed)
 
 
 def replay(policy, seed: int, steps: int, target_return: float | None = None) -> np.ndarray:
@@ -47,16 +48,6 @@ def replay(policy, seed: int, steps: int, target_return: float | None = None) ->
         w.record_action(a)
         out.append(a)
     return np.stack(out) if out else np.zeros((0, A), np.float32)
-
-
-class Clock:
-    """A settable clock for SessionStore: expiry without sleeping."""
-
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def fuzz(n: int) -> settings:
@@ -544,12 +535,6 @@ def wait_until(pred, timeout: float = 10.0, every: float = 0.02) -> bool:
 
 # ---- a `vidt serve` subprocess -----------------------------------------------------------------
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServeProcess:
