@@ -231,8 +231,8 @@ def _preset(preset: str, family) -> dict[str, dict[str, Any]]:
         return {"model": {"d_model": 512, "n_layer": 4, "n_head": 4},
                 "data": {"batch_size": 256}, "eval": {"episodes": 10}}
     if preset == "small":
-        # A prior run here: width 64, 2 layers, K 5, batch 128 took Pendulum from -1119 to
-        # -247 in 9k online steps; width 128 cost about 3x per step on 2 CPU cores.
+        # The smallest model that still learns Pendulum and Hopper from random data within a
+        # CPU budget of minutes (benchmarks/RESULTS.md has the runs); width 128 costs ~3x.
         k = min(K, 5)
         return {"model": {"d_model": 64, "n_layer": 2, "n_head": 2, "context_len": k,
                           "eval_context_len": min(family.eval_context_len, k)},
