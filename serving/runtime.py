@@ -105,41 +105,25 @@ class PolicyMetadata:
         if missing:
             raise ModelFileError(f"{source}: vidt metadata lacks {', '.join(missing)}")
 
-        def parse(name, conv):
-            raw = props[PREFIX + name]
-            try:
-                return conv(raw)
-            except (ValueError, TypeError) as e:
-                raise ModelFileError(f"{source}: metadata {PREFIX}{name}={raw!r} is invalid: {e}") from None
-
         def bounds(raw):
             vals = json.loads(raw)
             if not isinstance(vals, list):
                 raise ValueError("expected a JSON list of numbers")
             return tuple(float(x) for x in vals)
 
-        m = cls(
-            format_version=fv,
-            version=props[PREFIX + "version"],
-            algo=props[PREFIX + "algo"],
-            env_id=props[PREFIX + "env_id"],
-            model_name=props[PREFIX + "model_name"],
-            obs_dim=parse("obs_dim", int),
-            act_dim=parse("act_dim", int),
-            action_low=parse("action_low", bounds),
-            action_high=parse("action_high", bounds),
-            context_len=parse("context_len", int),
-            eval_context_len=parse("eval_context_len", int),
-            default_target_return=parse("default_target_return", float),
-            reward_scale=parse("reward_scale", float),
-            max_episode_steps=parse("max_episode_steps", int),
-            model_version=props[PREFIX + "model_version"],
-            reward_offset=(parse("reward_offset", float) if PREFIX + "reward_offset" in props
-                           else 0.0),
-            reward_divisor=(parse("reward_divisor", float) if PREFIX + "reward_divisor" in props
-                            else 1.0),
-            actor_selection=props.get(PREFIX + "actor_selection", ""),
-        )
+        # Each field's type says how its text is read: the keys are the fields, written once.
+        readers = {"str": str, "int": int, "float": float, "tuple[float, ...]": bounds}
+
+        def parse(f):
+            raw = props[PREFIX + f.name]
+            try:
+                return readers[f.type](raw)
+            except (ValueError, TypeError) as e:
+                raise ModelFileError(f"{source}: metadata {PREFIX}{f.name}={raw!r} is invalid: "
+                                     f"{e}") from None
+
+        m = cls(format_version=fv, **{f.name: parse(f) for f in fields(cls)
+                                      if f.name != "format_version" and PREFIX + f.name in props})
         problems = []
         if m.obs_dim < 1 or m.act_dim < 1:
             problems.append(f"obs_dim={m.obs_dim} and act_dim={m.act_dim} must be >= 1")

@@ -20,7 +20,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,12 @@ def _check_finite(actor: Actor) -> None:
                              "(`vidt export RUN_DIR --actor best`)")
 
 
+# PolicyMetadata fields copied from the run's metadata; the others come from the actor itself
+# (sizes, bounds, scale), from this exporter (versions) or from the graph (model_version).
+PASSED_THROUGH = ("algo", "env_id", "model_name", "eval_context_len", "max_episode_steps",
+                  "reward_offset", "reward_divisor", "actor_selection")
+
+
 def build_metadata(actor: Actor, meta: dict, model_name: str) -> PolicyMetadata:
     """Metadata from the actor's own sizes and buffers, checked against the run's `meta`.
     `model_version` is left empty: it is the content hash, filled in once the graph exists."""
@@ -92,26 +98,18 @@ def build_metadata(actor: Actor, meta: dict, model_name: str) -> PolicyMetadata:
     if target is None:
         raise ConfigError("export needs a default target return ('eval_target_return' in the "
                           "run's metadata)")
-    return PolicyMetadata(
-        format_version=FORMAT_VERSION,
-        version=vidt.__version__,
-        algo=str(meta.get("algo", "")),
-        env_id=str(meta.get("env_id", "")),
-        model_name=str(meta.get("model_name") or model_name),
-        obs_dim=obs_dim,
-        act_dim=act_dim,
-        action_low=tuple(float(x) for x in low),
-        action_high=tuple(float(x) for x in high),
-        context_len=K,
-        eval_context_len=int(meta.get("eval_context_len") or K),
-        default_target_return=float(target),
-        reward_scale=reward_scale,
-        max_episode_steps=int(meta.get("max_episode_steps") or 0),
-        model_version="",
-        reward_offset=float(meta.get("reward_offset", 0.0)),
-        reward_divisor=float(meta.get("reward_divisor", 1.0)),
-        actor_selection=str(meta.get("actor_selection", "")),
-    )
+    # The fields the run's metadata gives as they are, by PolicyMetadata's own field names.
+    convert = {"str": str, "int": int, "float": float}
+    given = {f.name: convert[f.type](meta[f.name]) for f in fields(PolicyMetadata)
+             if f.name in PASSED_THROUGH and meta.get(f.name) not in (None, "", 0)}
+    return PolicyMetadata(**{
+        "algo": "", "env_id": "", "model_name": model_name, "eval_context_len": K,
+        "max_episode_steps": 0, **given,
+        "format_version": FORMAT_VERSION, "version": vidt.__version__, "obs_dim": obs_dim,
+        "act_dim": act_dim, "action_low": tuple(float(x) for x in low),
+        "action_high": tuple(float(x) for x in high), "context_len": K,
+        "default_target_return": float(target), "reward_scale": reward_scale,
+        "model_version": ""})
 
 
 # ---- parity windows --------------------------------------------------------------------------
