@@ -29,107 +29,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve()
-
-
-# ---- child process modes -----------------------------------------------------------------------
-
-def run_echo_server(port: int, obs_dim: int, act_dim: int, threads: int) -> None:
-    """A PolicyService whose Act returns a constant: grpc's cost with vidt's server settings."""
-    import grpc
-
-    from vidt.serving.server import message_limits
-    from vidt.v1 import policy_pb2 as pb
-    from vidt.v1 import policy_pb2_grpc as pb_grpc
-
-    action = [0.0] * act_dim
-
-    class Echo(pb_grpc.PolicyServiceServicer):
-        def CreateSession(self, request, context):
-            return pb.CreateSessionResponse(session_id="echo")
-
-        def CloseSession(self, request, context):
-            return pb.CloseSessionResponse()
-
-        def Act(self, request, context):
-            return pb.ActResponse(session_id=request.session_id, step=request.step,
-                                  action=action, return_to_go=0.0)
-
-        def ActStream(self, request_iterator, context):
-            for r in request_iterator:
-                yield pb.ActResponse(session_id=r.session_id, step=r.step, action=action)
-
-    recv, send = message_limits(obs_dim, act_dim, 1024)
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=[
-        ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", recv),
-        ("grpc.max_send_message_length", send)])
-    pb_grpc.add_PolicyServiceServicer_to_server(Echo(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    print("ready", flush=True)
-    server.wait_for_termination()
-
-
-def run_zero_server(port: int, model: str, threads: int) -> None:
-    """`vidt serve`'s server with its policy's predict replaced by zeros: what the session
-    logic, the batcher and the servicer cost without onnxruntime."""
-    import signal
-
-    from vidt.serving.runtime import OnnxPolicy
-    from vidt.serving.server import PolicyServer, ServerConfig
-
-    class ZeroModel:
-        def __init__(self, policy):
-            self.metadata, self.provider = policy.metadata, "none (zeros)"
-
-        def predict(self, inputs):
-            return np.zeros((inputs.observations.shape[0], self.metadata.act_dim), np.float32)
-
-    server = PolicyServer(ZeroModel(OnnxPolicy(model, provider="cpu")),
-                          ServerConfig(port=port, threads=threads))
-    server.start()
-    signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
-    server.wait()
-
-
-def run_load_worker(address: str, sessions: int, seconds: float, obs_dim: int) -> None:
-    """`sessions` threads, one session each, stepping as fast as answers come back."""
-    from vidt.serving.client import PolicyClient
-
-    rng = np.random.default_rng(os.getpid())
-    obs = rng.normal(size=(64, obs_dim)).astype(np.float32)
-    counts = [0] * sessions
-    start = threading.Barrier(sessions + 1)
-    stop_at = [0.0]
-    with PolicyClient(address, timeout_s=30) as c:
-        def loop(k):
-            with c.session() as s:
-                start.wait()
-                while time.perf_counter() < stop_at[0]:
-                    s.act(obs[s.step % 64], 0.1)
-                    counts[k] += 1
-
-        threads = [threading.Thread(target=loop, args=(k,)) for k in range(sessions)]
-        for t in threads:
-            t.start()
-        stop_at[0] = time.perf_counter() + 1e9
-        start.wait()
-        t0 = time.perf_counter()
-        time.sleep(1.0)  # warm-up: counts reset after it
-        base = sum(counts)
-        t1 = time.perf_counter()
-        stop_at[0] = t1 + seconds
-        for t in threads:
-            t.join()
-        t2 = time.perf_counter()
-    print(json.dumps({"steps": sum(counts) - base, "seconds": t2 - t1, "warmup_s": t1 - t0}))
+# The child processes (echo server, zero-model server, load client) live in their own script.
+ROLES = Path(__file__).resolve().with_name("serve_roles.py")
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -239,10 +145,10 @@ def latency(args, model: Path, meta) -> dict:
     serve = [py, "-m", "vidt.cli.main", "serve", "--model", str(model), "--port", str(port),
              "--threads", str(args.threads), "--provider", "cpu",
              "--ort-threads", str(args.ort_threads)]
-    echo = [py, str(HERE), "--echo-server", str(echo_port), "--obs-dim", str(S),
+    echo = [py, str(ROLES), "echo-server", str(echo_port), "--obs-dim", str(S),
             "--act-dim", str(meta.act_dim), "--threads", str(args.threads)]
     zero_port = free_port()
-    zero = [py, str(HERE), "--zero-server", str(zero_port), "--model", str(model),
+    zero = [py, str(ROLES), "zero-server", str(zero_port), "--model", str(model),
             "--threads", str(args.threads)]
     res = {"echo": [], "ort": [], "act": [], "stream": [], "act_zero_model": [], "ort_cold": []}
     big = np.ones(8 << 20, np.uint8)
@@ -317,8 +223,8 @@ def throughput(args, model: Path, meta) -> dict:
         for mode in runs:
             port = free_port()
             if mode == "echo_ceiling":
-                cmd = [py, str(HERE), "--echo-server", str(port), "--obs-dim", str(meta.obs_dim),
-                       "--act-dim", str(meta.act_dim), "--threads", threads]
+                cmd = [py, str(ROLES), "echo-server", str(port), "--obs-dim",
+                       str(meta.obs_dim), "--act-dim", str(meta.act_dim), "--threads", threads]
             else:
                 cmd = [py, "-m", "vidt.cli.main", "serve", "--model", str(model), "--port",
                        str(port), "--threads", threads, "--provider", "cpu", "--ort-threads",
@@ -330,7 +236,7 @@ def throughput(args, model: Path, meta) -> dict:
                 else:
                     wait_serving(f"127.0.0.1:{port}", ps)
                 workers = [subprocess.Popen(
-                    [py, str(HERE), "--load-worker", f"127.0.0.1:{port}", "--worker-sessions",
+                    [py, str(ROLES), "load-worker", f"127.0.0.1:{port}", "--sessions",
                      str(per), "--seconds", str(args.seconds), "--obs-dim", str(meta.obs_dim)],
                     stdout=subprocess.PIPE, text=True) for _ in range(args.workers)]
                 got = [json.loads(w.communicate(timeout=args.seconds + 120)[0]) for w in workers]
@@ -377,21 +283,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=64, help="server worker threads")
     ap.add_argument("--ort-threads", type=int, default=1)
     ap.add_argument("--json", action="store_true")
-    # child modes
-    ap.add_argument("--echo-server", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--zero-server", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--load-worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--worker-sessions", type=int, default=16, help=argparse.SUPPRESS)
-    ap.add_argument("--obs-dim", type=int, default=11, help=argparse.SUPPRESS)
-    ap.add_argument("--act-dim", type=int, default=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.echo_server is not None:
-        return run_echo_server(args.echo_server, args.obs_dim, args.act_dim, args.threads)
-    if args.zero_server is not None:
-        return run_zero_server(args.zero_server, str(args.model), args.threads)
-    if args.load_worker is not None:
-        return run_load_worker(args.load_worker, args.worker_sessions, args.seconds,
-                               args.obs_dim)
 
     from vidt.serving.runtime import OnnxPolicy
 
