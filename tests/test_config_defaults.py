@@ -27,9 +27,9 @@ def test_train_cli_defaults_are_the_dataclass_defaults(run_cli):
     helps = {p.name: p.help or "" for p in cmd.params}
     for name in ("algo", "preset", "seed", "device"):
         assert f"[default: {defaults[name]}]" in helps[name], name
-    res = run_cli("train", "--env", "Pendulum-v1", "--dry-run")
-    assert res.exit_code == 0
-    assert resolve("Pendulum-v1", defaults["algo"], defaults["preset"]).to_json() in res.stdout
+    res = run_cli("train", "--env", "vidt/OneState-v0", "--dry-run")
+    assert res.exit_code == 0, res.stderr
+    assert resolve("vidt/OneState-v0", defaults["algo"], defaults["preset"]).to_json() in res.stdout
 
 
 def test_serve_cli_defaults_are_the_server_config_defaults():
@@ -59,6 +59,6 @@ def test_a_flag_and_a_set_that_disagree_are_refused(run_cli, args, named):
 
 
 def test_a_flag_and_a_set_that_agree_are_fine(run_cli):
-    res = run_cli("train", "--env", "Pendulum-v1", "--seed", "3", "--set", "seed=3.0",
+    res = run_cli("train", "--env", "vidt/OneState-v0", "--seed", "3", "--set", "seed=3.0",
                   "--dry-run")
     assert res.exit_code == 0 and '"seed": 3' in res.stdout

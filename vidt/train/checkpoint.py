@@ -14,6 +14,7 @@ import io
 import json
 import os
 import secrets
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +184,8 @@ def actor_payload(actor: Actor, meta: dict) -> dict:
         "format_version": FORMAT_VERSION,
         "kind": "actor",
         "actor": {k: v.detach().cpu() for k, v in actor.state_dict().items()},
-        "model_config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        # The model's own fields only (the config's section adds training-side ones).
+        "model_config": {f.name: getattr(cfg, f.name) for f in fields(ModelConfig)},
         "spec": {"obs_dim": actor.model.spec.obs_dim, "act_dim": actor.model.spec.act_dim},
         "meta": meta,
     }

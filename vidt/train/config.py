@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vidt.errors import ConfigError
+from vidt.model.dt import ModelConfig
 
 from .algos import DEFAULT_ALGORITHM, Algorithm, get_algorithm
 
@@ -35,15 +36,13 @@ def _check(cond: bool, msg: str) -> None:
 
 
 @dataclass(frozen=True)
-class ModelSection:
-    context_len: int = 20  # K: steps of history per training segment (paper, MuJoCo)
+class ModelSection(ModelConfig):
+    """The transformer's own config (vidt.model.ModelConfig: K, width, depth, heads, dropout,
+    head, timestep embedding), which the learner hands to the model as it is, plus what the
+    rest of training needs to know about the networks. `stochastic` is the algorithm's head,
+    set by resolve() from the algorithm table."""
+
     eval_context_len: int = 5  # T_eval <= K: history used when acting (paper, MuJoCo)
-    d_model: int = 512  # paper width
-    n_layer: int = 4  # paper depth
-    n_head: int = 4  # paper heads
-    dropout: float = 0.1  # ODT's value
-    timestep_embedding: bool = False  # the paper uses no positional/timestep embedding
-    max_timestep: int = 4096  # size of the timestep table when the embedding is on
     critic_hidden: int = 256  # TD3's 2 x 256 critic
     critic_layernorm: bool = False  # paper: on for Adroit/AntMaze/Maze2D only
 
@@ -57,6 +56,7 @@ class ModelSection:
         _check(self.d_model % self.n_head == 0,
                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
@@ -179,11 +179,14 @@ class TrainConfig:
     eval: EvalSection = None  # type: ignore[assignment]
 
     def __post_init__(self):
-        get_algorithm(self.algo)  # refuses an unknown name with the list of known ones
+        alg = get_algorithm(self.algo)  # refuses an unknown name with the list of known ones
         missing = [n for n in _SECTION_CLASSES if getattr(self, n) is None]
         _check(not missing, f"TrainConfig without its {', '.join(missing)} section(s): build "
                             f"one with vidt.train.resolve(env_id, algo, preset), which applies "
                             f"the env family's settings, the preset and the algorithm")
+        _check(self.model.stochastic == alg.stochastic,
+               f"model.stochastic is {self.algo}'s actor head ({alg.stochastic}); choose the "
+               f"head by choosing the algorithm")
         _check(self.preset in PRESETS, f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
         _check(self.device in DEVICES, f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
@@ -216,7 +219,11 @@ _SECTION_CLASSES = {"model": ModelSection, "data": DataSection, "optim": OptimSe
 
 def _build(d: dict[str, Any]) -> TrainConfig:
     top = {k: v for k, v in d.items() if k not in _SECTION_CLASSES}
-    secs = {name: cls(**d.get(name, {})) for name, cls in _SECTION_CLASSES.items()}
+    model = dict(d.get("model", {}))
+    if "stochastic" not in model:  # run configs written before the head was a model field
+        model["stochastic"] = get_algorithm(top.get("algo", DEFAULT_ALGORITHM)).stochastic
+    secs = {name: cls(**(model if name == "model" else d.get(name, {})))
+            for name, cls in _SECTION_CLASSES.items()}
     return TrainConfig(**top, **secs)
 
 
@@ -285,7 +292,7 @@ def default_dict(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = "smal
     d: dict[str, Any] = {"env_id": env_id, "algo": algo, "preset": preset,
                          **{name: {} for name in _SECTION_CLASSES}}
     d["model"].update(context_len=fam.context_len, eval_context_len=fam.eval_context_len,
-                      critic_layernorm=fam.critic_layernorm)
+                      critic_layernorm=fam.critic_layernorm, stochastic=alg.stochastic)
     d["data"].update(reward_scale=fam.reward_scale, reward_offset=fam.reward_offset,
                      reward_divisor=fam.reward_divisor, buffer_episodes=fam.buffer_episodes)
     d["optim"].update(critic_lr=fam.critic_lr, actor_lr=fam.actor_lr,

@@ -18,19 +18,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vidt.model.dt import Actor, DecisionTransformer, ModelConfig, ModelSpec, TwinCritic
+from vidt.model.dt import Actor, DecisionTransformer, ModelSpec, TwinCritic
 
 from .buffer import SegmentSampler
 from .config import TrainConfig
 from .losses import Batch, critic_loss, td_target
 from .optim import Lamb, warmup_lambda
-
-
-def model_config(cfg: TrainConfig) -> ModelConfig:
-    m = cfg.model
-    return ModelConfig(context_len=m.context_len, d_model=m.d_model, n_layer=m.n_layer,
-                       n_head=m.n_head, dropout=m.dropout, stochastic=cfg.algorithm.stochastic,
-                       timestep_embedding=m.timestep_embedding, max_timestep=m.max_timestep)
 
 
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
@@ -52,7 +45,7 @@ class Learner:
                  device: str | torch.device = "cpu"):
         self.cfg, self.spec, self.device = cfg, spec, torch.device(device)
         self.algo = algo = cfg.algorithm
-        model = DecisionTransformer(spec, model_config(cfg))
+        model = DecisionTransformer(spec, cfg.model)  # the config's section is the model's config
         self.actor = Actor(model, state_mean, state_std, cfg.data.reward_scale, act_low, act_high)
         self.actor.to(self.device)
         o = cfg.optim
