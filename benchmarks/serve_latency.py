@@ -34,19 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from vidt.serving.server import free_port
+
 # The child processes (echo server, zero-model server, load client) live in their own script.
 ROLES = Path(__file__).resolve().with_name("serve_roles.py")
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def wait_serving(address: str, proc, timeout: float = 120.0) -> None:
     from vidt.serving.client import wait_serving as healthy

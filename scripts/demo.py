@@ -22,11 +22,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from vidt.serving.server import free_port
 
 ENV = os.environ.get("DEMO_ENV", "Pendulum-v1")
 DATA_STEPS = int(os.environ.get("DEMO_DATA_STEPS", "10000"))
@@ -52,12 +53,6 @@ def run(stage: str, *args: str, capture: bool = False) -> str:
     if res.returncode != 0:
         raise StageFailed(f"stage '{stage}' failed: `vidt {' '.join(args)}` exited {res.returncode}")
     return res.stdout or ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def last_eval(run_dir: Path) -> dict:

@@ -275,6 +275,14 @@ class BearerAuth(grpc.ServerInterceptor):
                     response_serializer=handler.response_serializer)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now: for starting a server whose address a caller must know
+    beforehand (the demo, benchmarks, tests). A `vidt serve --port 0` picks its own instead."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def check_bindable(host: str, port: int, option: str) -> None:
     """ConfigError naming the port and the cause when nothing can listen on host:port."""
     if port == 0:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
+
+from vidt.serving.server import free_port  # noqa: F401  (the tests take it from here)
 
 
 def make_policy_onnx(path: str | Path, *, obs_dim: int = 3, act_dim: int = 2, K: int = 4,
@@ -115,10 +116,6 @@ def episode(n: int = 8, S: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     return rng.normal(size=(n, S)).astype(np.float32), rng.normal(size=n)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
