@@ -94,7 +94,8 @@ def main() -> int:
         curve = last_eval(run_dir)
 
         banner("3/5 export", f"{run_dir} -> {onnx}")
-        run("export", "export", str(run_dir), "--out", str(onnx))
+        # --force: the file is the demo's own, re-exported from the run on every demo
+        run("export", "export", str(run_dir), "--out", str(onnx), "--force")
 
         banner("4/5 serve", "vidt serve on a free loopback port")
         port = free_port()
