@@ -253,6 +253,10 @@ def collect_results(out: Path, env: str, algos: list[str], seeds: list[int], tag
             rows = read_rows(run_path(out, env, algo, seed, tag))
             if not rows or rows[-1]["phase"] != "online":
                 continue
+            if rows[-1]["online_env_steps"] < budget:  # still going: never mixed in silently
+                log(f"{env}/{algo}/s{seed}: unfinished ({rows[-1]['online_env_steps']:.0f} of "
+                    f"{budget} online steps), left out of the tables")
+                continue
             res[(algo, seed)] = rows
     return res
 
