@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vidt.data.episode import Episode
+from vidt.data.episode import random_episodes
 from vidt.envs import env_dims
 from vidt.model.dt import ModelSpec
 from vidt.train.algos import ALGORITHMS
@@ -42,16 +42,6 @@ from vidt.train.learner import Learner
 DEFAULT_UPDATES = {"tiny": 50, "small": 20, "paper": 10}
 
 
-def random_episodes(S: int, A: int, n: int = 20, T: int = 200, seed: int = 0) -> list[Episode]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        obs = rng.normal(size=(T + 1, S)).astype(np.float32)
-        out.append(Episode(obs[:-1], rng.uniform(-1, 1, (T, A)).astype(np.float32),
-                           rng.normal(size=T).astype(np.float32), obs[1:], truncated=True))
-    return out
-
-
 def time_updates(env_id: str, algo: str, preset: str, updates: int, device: str,
                  warmup: int = 3, width: int | None = None, sets: dict | None = None) -> dict:
     over = {"device": device, **({"model.d_model": width} if width else {}), **(sets or {})}
@@ -59,7 +49,8 @@ def time_updates(env_id: str, algo: str, preset: str, updates: int, device: str,
     S, A = env_dims(env_id)
     torch.manual_seed(0)
     L = Learner(cfg, ModelSpec(S, A), np.zeros(S), np.ones(S), -np.ones(A), np.ones(A), device)
-    sampler = SegmentSampler(random_episodes(S, A), cfg.model.context_len, cfg.data.reward_scale)
+    sampler = SegmentSampler(random_episodes(S, A, [200] * 20), cfg.model.context_len,
+                             cfg.data.reward_scale)
     rng = np.random.default_rng(0)
     for _ in range(warmup):
         L.update(sampler, rng, rl=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidt.data.episode import Episode
+from vidt.data.episode import random_episodes
 from vidt.model.dt import ModelSpec
 from vidt.train.buffer import SegmentSampler
 from vidt.train.config import resolve
@@ -19,13 +19,8 @@ S, A = 3, 1
 
 
 def _sampler(cfg) -> SegmentSampler:
-    rng = np.random.default_rng(0)
-    eps = []
-    for T in (6, 11, 17):
-        obs = rng.normal(size=(T + 1, S)).astype(np.float32)
-        eps.append(Episode(obs[:-1], rng.uniform(-1, 1, (T, A)).astype(np.float32),
-                           rng.normal(size=T).astype(np.float32), obs[1:], truncated=True))
-    return SegmentSampler(eps, cfg.model.context_len, cfg.data.reward_scale)
+    return SegmentSampler(random_episodes(S, A, (6, 11, 17)), cfg.model.context_len,
+                          cfg.data.reward_scale)
 
 
 def _learner(algo: str, **over) -> tuple[Learner, SegmentSampler]:

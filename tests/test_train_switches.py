@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidt.data.episode import Episode
+from vidt.data.episode import Episode, random_episodes
 from vidt.model.dt import ModelSpec
 from vidt.train.buffer import SegmentSampler
 from vidt.train.config import resolve
@@ -19,13 +19,7 @@ S, A = 4, 2
 
 
 def _episodes(seed: int = 0) -> list[Episode]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for T in (7, 30, 55):
-        obs = rng.normal(size=(T + 1, S)).astype(np.float32)
-        out.append(Episode(obs[:-1], rng.uniform(-1, 1, (T, A)).astype(np.float32),
-                           rng.normal(size=T).astype(np.float32), obs[1:], truncated=True))
-    return out
+    return random_episodes(S, A, (7, 30, 55), seed)
 
 
 def _run(device: str, updates: int = 40, **switches) -> dict:

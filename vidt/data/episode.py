@@ -54,3 +54,16 @@ class Episode:
     @property
     def act_dim(self) -> int:
         return int(self.actions.shape[1])
+
+
+def random_episodes(obs_dim: int, act_dim: int, lengths, seed: int = 0) -> list[Episode]:
+    """Episodes of the given lengths with normal observations and rewards and uniform [-1, 1]
+    actions, each cut by a time limit (truncated): update costs and shapes do not depend on
+    what the numbers are (benchmarks, tests)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for T in lengths:
+        obs = rng.normal(size=(T + 1, obs_dim)).astype(np.float32)
+        out.append(Episode(obs[:-1], rng.uniform(-1, 1, (T, act_dim)).astype(np.float32),
+                           rng.normal(size=T).astype(np.float32), obs[1:], truncated=True))
+    return out
