@@ -245,3 +245,18 @@ def test_stochastic_head_exports_its_mode(tmp_path):
                                         actor.to_unit(a) * m[..., None],
                                         r * actor.reward_scale * m, m).mode[:, -1]
     np.testing.assert_allclose(policy.predict(w), actor.from_unit(mode).numpy(), atol=1e-4)
+
+
+def test_metadata_names_are_shared_by_the_run_the_exporter_and_the_file():
+    # The ONNX keys are PolicyMetadata's fields; what the exporter copies from a run's
+    # metadata is named the same in the trainer's ActorMeta, so no key is a free string.
+    from dataclasses import fields
+
+    from vidt.export.export import PASSED_THROUGH
+    from vidt.train.checkpoint import ActorMeta
+
+    policy = {f.name for f in fields(PolicyMetadata)}
+    run = {f.name for f in fields(ActorMeta)}
+    assert set(PASSED_THROUGH) <= policy and set(PASSED_THROUGH) <= run
+    assert {"obs_dim", "act_dim", "context_len", "action_low", "action_high", "reward_scale",
+            "default_target_return"} <= policy & run  # checked against the actor on export

@@ -14,7 +14,7 @@ import io
 import json
 import os
 import secrets
-from dataclasses import fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +178,40 @@ def set_numpy_rng_state(rng: np.random.Generator, state: str) -> None:
 # ---------------------------------------------------------------- the actor file
 
 
-def actor_payload(actor: Actor, meta: dict) -> dict:
+@dataclass(frozen=True)
+class ActorMeta:
+    """What an actor file says about its actor: written by the trainer, read by `vidt export`
+    (the fields it shares with the ONNX file's PolicyMetadata carry the same names, which a
+    test checks). Stored as a plain dict, so files of older versions, which lack a field or
+    two, still load."""
+
+    env_id: str
+    algo: str
+    seed: int
+    model_name: str
+    context_len: int
+    eval_context_len: int
+    eval_target_return: float
+    online_target_return: float
+    default_target_return: float
+    reward_scale: float
+    reward_offset: float
+    reward_divisor: float
+    max_episode_steps: int
+    obs_dim: int
+    act_dim: int
+    action_low: list[float]
+    action_high: list[float]
+    stochastic: bool
+    timestep_embedding: bool
+    online_env_steps: int
+    actor_updates: int
+    vidt_version: str
+    actor_selection: str = "last"  # or "best": the actor of the run's best evaluation
+    selected_eval_return: float | None = None  # for "best": that evaluation's mean return
+
+
+def actor_payload(actor: Actor, meta: ActorMeta | dict) -> dict:
     cfg = actor.model.cfg
     return {
         "format_version": FORMAT_VERSION,
@@ -187,7 +220,7 @@ def actor_payload(actor: Actor, meta: dict) -> dict:
         # The model's own fields only (the config's section adds training-side ones).
         "model_config": {f.name: getattr(cfg, f.name) for f in fields(ModelConfig)},
         "spec": {"obs_dim": actor.model.spec.obs_dim, "act_dim": actor.model.spec.act_dim},
-        "meta": meta,
+        "meta": asdict(meta) if isinstance(meta, ActorMeta) else dict(meta),
     }
 
 

@@ -43,6 +43,7 @@ from .checkpoint import (
     CHECKPOINT,
     FORMAT_VERSION,
     LOCK_FILE,
+    ActorMeta,
     RunDirLock,
     actor_payload,
     atomic_save,
@@ -342,26 +343,23 @@ class Trainer:
             self.last_eval = (evals[-1]["eval_return_mean"], evals[-1]["eval_return_std"])
             self.best_eval = max(r["eval_return_mean"] for r in evals)
 
-    def meta(self) -> dict:
+    def meta(self, **changes) -> ActorMeta:
         cfg, a = self.cfg, self.learner.actor
-        low = (a.act_bias - a.act_scale).tolist()
-        high = (a.act_bias + a.act_scale).tolist()
-        return {
-            "env_id": cfg.env_id, "algo": cfg.algo, "seed": cfg.seed,
-            "model_name": f"{cfg.algo}-{cfg.env_id.replace('/', '-')}",
-            "context_len": cfg.model.context_len, "eval_context_len": cfg.model.eval_context_len,
-            "eval_target_return": cfg.eval.target_return,
-            "online_target_return": cfg.online.target_return,
-            "default_target_return": cfg.eval.target_return,
-            "reward_scale": cfg.data.reward_scale, "reward_offset": cfg.data.reward_offset,
-            "reward_divisor": cfg.data.reward_divisor,
-            "max_episode_steps": self.max_episode_steps,
-            "obs_dim": a.model.spec.obs_dim, "act_dim": a.model.spec.act_dim,
-            "action_low": low, "action_high": high, "stochastic": cfg.algorithm.stochastic,
-            "timestep_embedding": cfg.model.timestep_embedding,
-            "online_env_steps": self.online_env_steps, "actor_updates": self.learner.actor_updates,
-            "vidt_version": vidt.__version__, "actor_selection": "last",
-        }
+        return ActorMeta(
+            env_id=cfg.env_id, algo=cfg.algo, seed=cfg.seed,
+            model_name=f"{cfg.algo}-{cfg.env_id.replace('/', '-')}",
+            context_len=cfg.model.context_len, eval_context_len=cfg.model.eval_context_len,
+            eval_target_return=cfg.eval.target_return,
+            online_target_return=cfg.online.target_return,
+            default_target_return=cfg.eval.target_return,
+            reward_scale=cfg.data.reward_scale, reward_offset=cfg.data.reward_offset,
+            reward_divisor=cfg.data.reward_divisor, max_episode_steps=self.max_episode_steps,
+            obs_dim=a.model.spec.obs_dim, act_dim=a.model.spec.act_dim,
+            action_low=(a.act_bias - a.act_scale).tolist(),
+            action_high=(a.act_bias + a.act_scale).tolist(),
+            stochastic=cfg.algorithm.stochastic, timestep_embedding=cfg.model.timestep_embedding,
+            online_env_steps=self.online_env_steps, actor_updates=self.learner.actor_updates,
+            vidt_version=vidt.__version__, **changes)
 
     def checkpoint(self) -> None:
         self.wall_time += self._elapsed()
@@ -408,7 +406,7 @@ class Trainer:
         """Evaluations of one actor swing (Hopper's 2x between iterations), so the actor of the
         best one is kept beside the last. Written when it is evaluated: a resumed run repeats
         that evaluation exactly and rewrites the same file."""
-        meta = {**self.meta(), "actor_selection": "best", "selected_eval_return": mean}
+        meta = self.meta(actor_selection="best", selected_eval_return=mean)
         self._save(ACTOR_BEST, actor_payload(self.learner.actor, meta))
 
     def _elapsed(self) -> float:
