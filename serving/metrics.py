@@ -6,7 +6,8 @@ process, e.g. in tests, without clashing in prometheus-client's global registry)
     vidt_act_latency_seconds             time in the server per Act / ActBatch / stream step
     vidt_batch_size                      rows per onnxruntime call
     vidt_active_sessions                 open sessions (read from the store at scrape time)
-    vidt_sessions_created_total, vidt_sessions_expired_total, vidt_sessions_closed_total
+    vidt_sessions_created_total, vidt_sessions_resumed_total, vidt_sessions_expired_total,
+    vidt_sessions_closed_total
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class _StoreCollector:
         g.add_metric([], s.active)
         yield g
         for name, value, doc in (
-            ("vidt_sessions_created", s.created_total, "Sessions created."),
+            ("vidt_sessions_created", s.created_total, "Sessions created (resumed included)."),
+            ("vidt_sessions_resumed", s.resumed_total,
+             "Sessions that went on with an episode begun elsewhere (CreateSession.resume)."),
             ("vidt_sessions_closed", s.closed_total, "Sessions closed by their client."),
             ("vidt_sessions_expired", s.expired_total, "Sessions freed after idling too long."),
         ):

@@ -36,7 +36,15 @@ from vidt.v1 import policy_pb2_grpc as pb_grpc
 
 from .batcher import Batcher
 from .metrics import Metrics
-from .sessions import InvalidArgument, ServingError, SessionStore, StepRequest, StepResult
+from .sessions import (
+    InvalidArgument,
+    ResumeState,
+    ServingError,
+    SessionStore,
+    StepRecord,
+    StepRequest,
+    StepResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +128,18 @@ def _policy_info(policy) -> pb.PolicyInfo:
 
 
 def _step(req: pb.ActRequest) -> StepRequest:
-    obs = np.fromiter(req.observation, dtype=np.float32, count=len(req.observation))
-    return StepRequest(req.session_id, int(req.step), obs, float(req.reward))
+    return StepRequest(req.session_id, int(req.step), _floats(req.observation),
+                       float(req.reward))
+
+
+def _floats(values) -> np.ndarray:
+    return np.fromiter(values, dtype=np.float32, count=len(values))
+
+
+def _resume_state(r: pb.ResumeState) -> ResumeState:
+    return ResumeState(r.model_version, int(r.next_step),
+                       [StepRecord(_floats(h.observation), _floats(h.action), h.return_to_go)
+                        for h in r.history], r.total_reward)
 
 
 def _answer(r: StepResult) -> pb.ActResponse:
@@ -160,8 +178,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     def CreateSession(self, request, context):
         try:
-            target = request.target_return if request.HasField("target_return") else None
-            c = self.store.create(target)
+            if request.HasField("resume"):
+                c = self.store.resume(_resume_state(request.resume))
+            else:
+                target = request.target_return if request.HasField("target_return") else None
+                c = self.store.create(target)
         except Exception as e:
             self._fail(context, "CreateSession", e)
         self.metrics.record("CreateSession", "OK")

@@ -95,6 +95,26 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class StepRecord:
+    """One answered step as its client saw it (for a resume)."""
+
+    observation: np.ndarray | Sequence[float]  # as sent
+    action: np.ndarray | Sequence[float]  # as answered
+    return_to_go: float  # as answered
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """An episode begun elsewhere, once step next_step - 1 was answered: the last
+    min(next_step, context_len) records, oldest first, and the rewards reported so far."""
+
+    model_version: str
+    next_step: int
+    history: Sequence[StepRecord]
+    total_reward: float
+
+
+@dataclass(frozen=True)
 class SessionCreated:
     session_id: str
     target_return: float
@@ -157,7 +177,8 @@ class SessionStore:
         self._ended: OrderedDict[str, str] = OrderedDict()
         self._ended_memory = int(ended_memory)
         self._draining = False
-        self.created_total = 0
+        self.created_total = 0  # resumed sessions included
+        self.resumed_total = 0
         self.closed_total = 0
         self.expired_total = 0
         self.steps_total = 0
@@ -181,7 +202,71 @@ class SessionStore:
         elif not (math.isfinite(target_return) and abs(target_return) <= F32_MAX):
             raise InvalidArgument(f"target_return must be finite (as a float32), got "
                                   f"{target_return}")
+        window = self.meta.new_window(float(target_return))
+        sid, n_open = self._admit(window, None)
+        log.info("session %s opened (target return %g; %d open)", sid, target_return, n_open)
+        return self._created(sid, window)
+
+    def resume(self, state: ResumeState) -> SessionCreated:
+        """A new session that goes on with an episode begun on another server (or before a
+        restart): its answer to step `state.next_step` is the one the old session would have
+        given, and a repeat of step next_step - 1 gets the last record's answer. Refused with
+        nothing created: INVALID_ARGUMENT naming the field, FAILED_PRECONDITION for another
+        model."""
+        window, last = self._restored_window(state)
+        sid, n_open = self._admit(window, last)
+        log.info("session %s resumed at step %d (%d open)", sid, window.step, n_open)
+        return self._created(sid, window)
+
+    def _restored_window(self, state: ResumeState) -> tuple[ContextWindow, StepResult]:
         m = self.meta
+        ours = getattr(m, "model_version", "")
+        if state.model_version != ours:
+            raise FailedPrecondition(
+                f"resume.model_version {_quote(state.model_version)} is not the model this "
+                f"server holds ({_quote(ours)}): an episode can only go on with the same model")
+        step = state.next_step
+        if not 1 <= step < 2**62:
+            raise InvalidArgument(f"resume.next_step must be >= 1 (the step the next Act "
+                                  f"carries), got {step}")
+        n, want = len(state.history), min(step, m.context_len)
+        if n != want:
+            why = (f"more than the context length {m.context_len}" if n > m.context_len else
+                   f"more than the {step} steps before resume.next_step" if n > step else
+                   f"expected the last {want} (min(next_step, context_length))")
+            raise InvalidArgument(f"resume.history has {n} records, {why}")
+        if not math.isfinite(state.total_reward):
+            raise InvalidArgument(f"resume.total_reward must be finite, got "
+                                  f"{state.total_reward}")
+        S, A = m.obs_dim, m.act_dim
+        obs = np.empty((n, S), np.float32)
+        act = np.empty((n, A), np.float32)
+        rtg = np.empty(n, np.float64)
+        for i, rec in enumerate(state.history):
+            at = f"resume.history[{i}]"
+            with np.errstate(over="ignore"):
+                o = np.asarray(rec.observation, dtype=np.float32).reshape(-1)
+                a = np.asarray(rec.action, dtype=np.float32).reshape(-1)
+            if o.shape[0] != S:
+                raise InvalidArgument(f"{at}.observation has {o.shape[0]} values, expected {S}")
+            if a.shape[0] != A:
+                raise InvalidArgument(f"{at}.action has {a.shape[0]} values, expected {A}")
+            if not (np.isfinite(o).all() and np.isfinite(a).all()):
+                raise InvalidArgument(f"{at}: observation or action has NaN or infinite values")
+            if (a < self._low).any() or (a > self._high).any():
+                raise InvalidArgument(f"{at}.action is outside the action bounds: no server of "
+                                      "this model answered it")
+            if not abs(rec.return_to_go) <= F32_MAX:
+                raise InvalidArgument(f"{at}.return_to_go must be finite (as a float32), got "
+                                      f"{rec.return_to_go}")
+            obs[i], act[i], rtg[i] = o, a, rec.return_to_go
+        window = m.new_window()
+        window.restore(step, obs, act, rtg, state.total_reward)
+        return window, StepResult("", step - 1, act[-1].copy(), float(rtg[-1]))
+
+    def _admit(self, window: ContextWindow, last: StepResult | None) -> tuple[str, int]:
+        """Register a new session holding `window` (and the answer to its last step);
+        returns its id and the number open."""
         with self._lock:
             if self._draining:
                 raise Unavailable("server is draining for shutdown: no new sessions")
@@ -192,12 +277,16 @@ class SessionStore:
                     f"session limit reached ({self.max_sessions} open): close finished "
                     f"sessions, or wait for idle ones to expire after {self.idle_timeout_s:g} s")
             sid = secrets.token_urlsafe(12)
-            window = m.new_window(float(target_return))
-            self._sessions[sid] = _Session(sid, window, self.clock())
+            s = _Session(sid, window, self.clock())
+            if last is not None:
+                s.last = StepResult(sid, last.step, last.action, last.return_to_go)
+                self.resumed_total += 1
+            self._sessions[sid] = s
             self.created_total += 1
-            n_open = len(self._sessions)
-        log.info("session %s opened (target return %g; %d open)", sid, target_return, n_open)
-        return SessionCreated(sid, float(target_return), int(m.context_len),
+            return sid, len(self._sessions)
+
+    def _created(self, sid: str, window: ContextWindow) -> SessionCreated:
+        return SessionCreated(sid, window.target_return, int(self.meta.context_len),
                               int(math.ceil(self.idle_timeout_s)))
 
     def close(self, session_id: str) -> SessionSummary:

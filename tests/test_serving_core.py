@@ -15,8 +15,10 @@ from vidt.serving.sessions import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    ResumeState,
     ServingError,
     SessionStore,
+    StepRecord,
     StepRequest,
     Unavailable,
 )
@@ -346,3 +348,78 @@ def test_batcher_waits_for_a_batch_only_under_concurrency():
     assert sizes[3:] == [4]
     for w, r in zip(ws, results):
         np.testing.assert_allclose(r, actor.predict(w), atol=1e-6)
+
+
+def _resume_state(results, obs, t, K, total_reward, model_version="numpy"):
+    """What a client knows once step t-1 was answered: its last min(t, K) records."""
+    keep = range(max(0, t - K), t)
+    return ResumeState(model_version, t,
+                       [StepRecord(obs[i], results[i].action, results[i].return_to_go)
+                        for i in keep], total_reward)
+
+
+@pytest.mark.parametrize("split", [1, 3, 4, 6])
+def test_resumed_session_answers_exactly_as_the_old_one(split):
+    actor = NumpyActor(reward_offset=-0.5)
+    a, b = SessionStore(actor.metadata, actor.infer), SessionStore(actor.metadata, actor.infer)
+    obs, rew = episode(n=9)
+    old = a.create(target_return=5.0).session_id
+    want = [a.act(StepRequest(old, t, obs[t], rew[t])) for t in range(9)]
+    c = b.resume(_resume_state(want, obs, split, 4, float(rew[1:split].sum())))
+    assert c.target_return == pytest.approx(5.0) and c.context_length == 4
+    assert b.resumed_total == 1 and b.created_total == 1
+    # A retry of the last answered step gets the last record's answer, appending nothing.
+    again = b.act(StepRequest(c.session_id, split - 1, obs[split - 1], rew[split - 1]))
+    np.testing.assert_array_equal(again.action, want[split - 1].action)
+    got = [b.act(StepRequest(c.session_id, t, obs[t], rew[t])) for t in range(split, 9)]
+    for g, w in zip(got, want[split:]):  # same model, same machine: the same bits
+        np.testing.assert_array_equal(g.action, w.action)
+        assert (g.step, g.return_to_go) == (w.step, w.return_to_go)
+    assert b.close(c.session_id) == a.close(old)
+
+
+def _refused(store, state, error, match):
+    with pytest.raises(error, match=match):
+        store.resume(state)
+    assert (store.active, store.created_total, store.resumed_total) == (0, 0, 0)
+
+
+def test_malformed_or_foreign_resume_is_refused_and_creates_nothing():
+    actor = NumpyActor()
+    donor = SessionStore(actor.metadata, actor.infer)
+    store = SessionStore(actor.metadata, actor.infer)
+    obs, rew = episode(n=6)
+    sid = donor.create().session_id
+    res = [donor.act(StepRequest(sid, t, obs[t], rew[t])) for t in range(6)]
+    good = _resume_state(res, obs, 6, 4, 1.0)
+    h = list(good.history)
+
+    def with_(**kw):
+        return ResumeState(**{**good.__dict__, **kw})
+
+    def record(i, **kw):
+        return with_(history=h[:i] + [StepRecord(**{**h[i].__dict__, **kw})] + h[i + 1:])
+
+    _refused(store, with_(model_version="other"), FailedPrecondition,
+             r"resume.model_version 'other' is not the model this server holds \('numpy'\)")
+    _refused(store, with_(next_step=0), InvalidArgument, r"resume.next_step must be >= 1")
+    _refused(store, with_(history=h[1:]), InvalidArgument,
+             r"resume.history has 3 records, expected the last 4")
+    _refused(store, with_(history=h + h[:1]), InvalidArgument,
+             r"resume.history has 5 records, more than the context length 4")
+    _refused(store, with_(next_step=2), InvalidArgument,
+             r"resume.history has 4 records, more than the 2 steps")
+    _refused(store, record(2, observation=[1.0, 2.0]), InvalidArgument,
+             r"resume.history\[2\].observation has 2 values, expected 3")
+    _refused(store, record(1, action=[0.5]), InvalidArgument,
+             r"resume.history\[1\].action has 1 values, expected 2")
+    _refused(store, record(3, observation=[1.0, float("nan"), 0.0]), InvalidArgument,
+             r"resume.history\[3\]: observation or action has NaN")
+    _refused(store, record(0, action=[0.5, 1.5]), InvalidArgument,
+             r"resume.history\[0\].action is outside the action bounds")
+    _refused(store, record(3, return_to_go=float("inf")), InvalidArgument,
+             r"resume.history\[3\].return_to_go must be finite")
+    _refused(store, with_(total_reward=float("nan")), InvalidArgument,
+             r"resume.total_reward must be finite")
+    store.drain()
+    _refused(store, good, Unavailable, "draining")

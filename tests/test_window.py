@@ -77,3 +77,39 @@ def test_acting_window_equals_the_training_segment_of_the_same_episode(offset, d
         np.testing.assert_array_equal(x.timesteps[0], seg.timesteps[i])
         np.testing.assert_allclose(x.returns_to_go[0] * cfg.data.reward_scale,
                                    seg.returns_to_go[i, :K], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("eval_len", [2, 4])
+@pytest.mark.parametrize("split", [1, 2, 4, 7])
+def test_restored_window_is_bit_identical_to_the_stepped_one(eval_len, split):
+    # A session resumed on another server rebuilds its window from the last records the
+    # client kept; from then on every input the actor sees must be the same bits.
+    rng = np.random.default_rng(split)
+    n, S, A, K = 10, 3, 2, 4
+    obs = rng.normal(size=(n, S)).astype(np.float32)
+    rew = rng.normal(size=n) * 7.3
+    acts = rng.uniform(-1, 1, (n, A)).astype(np.float32)
+
+    def new():
+        return ContextWindow(S, A, K, eval_len, target_return=12.5, reward_offset=-1.0,
+                             reward_divisor=3.0)
+
+    full, rtgs = new(), []
+    for t in range(split):
+        full.observe(obs[t], rew[t])
+        full.record_action(acts[t])
+        rtgs.append(full.return_to_go)
+    keep = min(split, K)  # what a client keeps: the last context_length records
+    w = new()
+    w.restore(split, obs[split - keep:split], acts[split - keep:split], rtgs[-keep:],
+              full.total_reward)
+    assert (w.step, w.return_to_go, w.total_reward) == (full.step, full.return_to_go,
+                                                        full.total_reward)
+    assert w.target_return == pytest.approx(12.5)
+    for t in range(split, n):
+        a, b = full.observe(obs[t], rew[t]), w.observe(obs[t], rew[t])
+        for name in ("observations", "actions", "returns_to_go", "mask", "timesteps"):
+            np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
+        full.record_action(acts[t])
+        w.record_action(acts[t])
+    assert w.return_to_go == full.return_to_go and w.total_reward == full.total_reward

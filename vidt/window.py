@@ -82,6 +82,35 @@ class ContextWindow:
             setattr(w, name, getattr(self, name).copy())
         return w
 
+    def restore(self, next_step: int, observations, actions, returns_to_go,
+                total_reward: float) -> None:
+        """Put this new window in the state it has after steps 0..next_step-1 were answered,
+        from the last of them (oldest first: observations (n, S), actions (n, A) and the
+        returns-to-go answered, n >= min(next_step, eval_len)): the same arrays, bit for bit,
+        as a window stepped through the whole episode, so a session resumed on another
+        server answers the next step exactly as the old one would have."""
+        if self.step != 0 or self._awaiting_action:
+            raise RuntimeError("restore() needs a new window")
+        obs = np.asarray(observations, dtype=np.float32).reshape(-1, self.obs_dim)
+        act = np.asarray(actions, dtype=np.float32).reshape(-1, self.act_dim)
+        rtg = np.asarray(returns_to_go, dtype=np.float64).reshape(-1)
+        n = min(next_step, self.eval_len)
+        if not (next_step >= 1 and len(obs) == len(act) == len(rtg) >= n):
+            raise ValueError(f"restore needs the last {n} steps before step {next_step}, got "
+                             f"{len(obs)} observations, {len(act)} actions, {len(rtg)} "
+                             "returns-to-go")
+        obs, act, rtg = obs[-n:], act[-n:], rtg[-n:]
+        self._obs[-n:], self._act[-n:], self._rtg[-n:] = obs, act, rtg.astype(np.float32)
+        self._mask[-n:] = 1.0
+        self._ts[-n:] = np.arange(next_step - n, next_step)
+        self._n = n
+        self.step = int(next_step)
+        self.return_to_go = float(rtg[-1])  # the running sum goes on from the exact double
+        self.total_reward = float(total_reward)
+        # What the episode was conditioned on, as far as the rewards so far tell.
+        self.target_return = self.return_to_go + (
+            self.total_reward + self.reward_offset * (next_step - 1)) / self.reward_divisor
+
     def observe(self, observation, reward: float = 0.0) -> WindowInputs:
         """Report o_t (and r_{t-1}, ignored at t = 0); returns the actor's inputs for step t."""
         if self._awaiting_action:

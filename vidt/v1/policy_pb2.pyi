@@ -37,10 +37,34 @@ class PolicyInfo(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., env_id: _Optional[str] = ..., observation_dim: _Optional[int] = ..., action_dim: _Optional[int] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., context_length: _Optional[int] = ..., max_episode_steps: _Optional[int] = ..., default_target_return: _Optional[float] = ..., execution_provider: _Optional[str] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("target_return",)
+    __slots__ = ("target_return", "resume")
     TARGET_RETURN_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     target_return: float
-    def __init__(self, target_return: _Optional[float] = ...) -> None: ...
+    resume: ResumeState
+    def __init__(self, target_return: _Optional[float] = ..., resume: _Optional[_Union[ResumeState, _Mapping]] = ...) -> None: ...
+
+class ResumeState(_message.Message):
+    __slots__ = ("model_version", "next_step", "history", "total_reward")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_STEP_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_REWARD_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    next_step: int
+    history: _containers.RepeatedCompositeFieldContainer[StepRecord]
+    total_reward: float
+    def __init__(self, model_version: _Optional[str] = ..., next_step: _Optional[int] = ..., history: _Optional[_Iterable[_Union[StepRecord, _Mapping]]] = ..., total_reward: _Optional[float] = ...) -> None: ...
+
+class StepRecord(_message.Message):
+    __slots__ = ("observation", "action", "return_to_go")
+    OBSERVATION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TO_GO_FIELD_NUMBER: _ClassVar[int]
+    observation: _containers.RepeatedScalarFieldContainer[float]
+    action: _containers.RepeatedScalarFieldContainer[float]
+    return_to_go: float
+    def __init__(self, observation: _Optional[_Iterable[float]] = ..., action: _Optional[_Iterable[float]] = ..., return_to_go: _Optional[float] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ("session_id", "target_return", "context_length", "idle_timeout_s")
