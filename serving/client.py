@@ -15,13 +15,23 @@ is sent again with the same step index: the server answers a repeated step with 
 already gave and appends nothing, so a retry can never advance the episode twice.
 Three forms of the same episode loop: `session()` (Act), `sessions(n)` (ActBatch, for vector
 envs) and `stream()` (ActStream, one stream per episode).
+
+Replicas. Every call carries the metadata `x-vidt-route` (one random key per client unless
+`route=` names one, e.g. a robot's id), so a proxy keeps a client's sessions on one server.
+Each session keeps what a resume needs (its last context_length steps: a few KB). When its
+server is gone (UNAVAILABLE after the retries, or NOT_FOUND "unknown session" once the proxy
+has sent it to another replica), the session goes on with `CreateSession.resume` through the
+same address, and the step is sent again: the new server answers exactly as the old one would
+have. On by default (`failover=False` turns it off); `client.failovers` counts them.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import time
+from collections import deque
 from pathlib import Path
 
 import grpc
@@ -34,6 +44,7 @@ from vidt.v1 import policy_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+ROUTE_KEY = "x-vidt-route"
 # grpc waits 1 s (then longer) before reconnecting after a failed connect; a controller
 # that retries within its retry budget needs the channel back sooner.
 CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100),
@@ -88,18 +99,31 @@ def _obs_list(observation) -> list[float]:
     return np.asarray(observation, dtype=np.float32).reshape(-1).tolist()
 
 
+def _server_lost(e: ServerError) -> bool:
+    """Whether a failed call means the session's server is gone (so the episode must go on
+    elsewhere): UNAVAILABLE once the retries are spent, or a server that never heard of the
+    session. A session that server closed or expired was really ended: no resume."""
+    if e.code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    return e.code == grpc.StatusCode.NOT_FOUND and "unknown session" in e.details
+
+
 class PolicyClient:
     """A channel to one server.
 
     token: bearer token sent with every call. tls: None for plaintext, True for TLS checked
     against the system's roots, or a PEM file path / PEM bytes of the certificate (or CA) to
     trust. timeout_s: deadline of each unary call. retries: extra attempts on UNAVAILABLE and
-    DEADLINE_EXCEEDED, `backoff_s` doubling between them.
+    DEADLINE_EXCEEDED, `backoff_s` doubling between them. route: the `x-vidt-route` value sent
+    with every call (default: a random key for this client). failover: resume sessions whose
+    server is gone, trying for up to `failover_timeout_s`.
     """
 
     def __init__(self, address: str, token: str | None = None,
                  tls: bool | str | Path | bytes | None = None, *, timeout_s: float = 10.0,
-                 retries: int = 5, backoff_s: float = 0.05, options=()):
+                 retries: int = 5, backoff_s: float = 0.05, options=(),
+                 route: str | None = None, failover: bool = True,
+                 failover_timeout_s: float = 30.0):
         self.address = check_address(address)
         self.timeout_s, self.retries, self.backoff_s = timeout_s, int(retries), backoff_s
         options = [*CHANNEL_OPTIONS, *options]
@@ -114,10 +138,14 @@ class PolicyClient:
                 root = Path(tls).read_bytes()
             self.channel = grpc.secure_channel(
                 address, grpc.ssl_channel_credentials(root_certificates=root), options)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.route = route if route is not None else secrets.token_hex(8)
+        self.metadata = ((ROUTE_KEY, self.route),
+                         *((("authorization", f"Bearer {token}"),) if token else ()))
         self.stub = pb_grpc.PolicyServiceStub(self.channel)
         self._info: pb.PolicyInfo | None = None
         self.retried = 0  # calls sent again after a transient failure (for monitoring)
+        self.failover, self.failover_timeout_s = bool(failover), float(failover_timeout_s)
+        self.failovers = 0  # sessions resumed after their server was lost
 
     def __repr__(self) -> str:  # no token here
         return f"PolicyClient({self.address!r})"
@@ -140,6 +168,32 @@ class PolicyClient:
                     continue
                 raise ServerError(method, code, e.details() or "") from None
         raise AssertionError("unreachable")
+
+    def with_failover(self, sessions: list[Session], send):
+        """send() for `sessions`; if their server is gone, resume them all through this
+        address (a proxy sends them to a live replica) and send again, until it goes
+        through or `failover_timeout_s` has passed."""
+        try:
+            return send()
+        except ServerError as e:
+            if not (self.failover and _server_lost(e)):
+                raise
+            error = e
+        deadline = time.monotonic() + self.failover_timeout_s
+        delay = self.backoff_s
+        while True:
+            log.warning("%s: %s; resuming %d session(s) through %s", error.method,
+                        error.code.name, len(sessions), self.address)
+            try:
+                for s in sessions:
+                    s.resume()
+                return send()
+            except ServerError as e:
+                if not _server_lost(e) or time.monotonic() + delay > deadline:
+                    raise
+                error = e
+            time.sleep(delay)
+            delay = min(2 * delay, 1.0)
 
     def info(self, refresh: bool = False) -> pb.PolicyInfo:
         if self._info is None or refresh:
@@ -170,6 +224,8 @@ class Session:
 
     def __init__(self, client: PolicyClient, target_return: float | None = None):
         self.client = client
+        # The model the episode runs on: a resume elsewhere must find the same one.
+        self.model_version = client.info().model_version if client.failover else ""
         req = pb.CreateSessionRequest()
         if target_return is not None:
             req.target_return = float(target_return)
@@ -180,20 +236,54 @@ class Session:
         self.idle_timeout_s: int = r.idle_timeout_s
         self.step = 0  # index of the next step to send
         self.return_to_go = r.target_return
+        self.total_reward = 0.0  # rewards reported in answered steps, summed as the server does
         self.closed = False
+        # What a resume needs: (observation sent, action answered, return-to-go answered) of
+        # the last context_length steps.
+        self._history: deque = deque(maxlen=max(1, self.context_length))
 
     def request(self, observation, reward: float = 0.0) -> pb.ActRequest:
         return pb.ActRequest(session_id=self.id, step=self.step,
                              observation=_obs_list(observation), reward=float(reward))
 
-    def _advance(self, r: pb.ActResponse) -> np.ndarray:
+    def _advance(self, r: pb.ActResponse, req: pb.ActRequest) -> np.ndarray:
+        if r.step == self.step:  # (not a stored answer to an earlier step)
+            if r.step > 0:
+                self.total_reward += req.reward
+            if self.client.failover:
+                self._history.append((req.observation, r.action, r.return_to_go))
         self.step = r.step + 1
         self.return_to_go = r.return_to_go
         return np.asarray(r.action, dtype=np.float32)
 
+    def resume(self) -> None:
+        """Go on with this episode in a new server session (its server was lost): through
+        CreateSession.resume once a step was answered, as a new session before that. The
+        server answers the next step exactly as the lost session would have."""
+        req = pb.CreateSessionRequest()
+        if self.step == 0:
+            req.target_return = self.target_return
+        else:
+            req.resume.CopyFrom(pb.ResumeState(
+                model_version=self.model_version, next_step=self.step,
+                total_reward=self.total_reward,
+                history=[pb.StepRecord(observation=o, action=a, return_to_go=g)
+                         for o, a, g in self._history]))
+        r = self.client.call("CreateSession", req)
+        log.info("session %s resumed at step %d as %s", self.id, self.step, r.session_id)
+        self.id = r.session_id
+        self.client.failovers += 1
+
     def act(self, observation, reward: float = 0.0) -> np.ndarray:
         """Send o_t and the reward for the previous action (ignored at step 0); returns a_t."""
-        return self._advance(self.client.call("Act", self.request(observation, reward)))
+        obs = _obs_list(observation)
+
+        def send():
+            req = pb.ActRequest(session_id=self.id, step=self.step, observation=obs,
+                                reward=float(reward))
+            return self.client.call("Act", req), req
+
+        return self._advance(*self.client.with_failover([self], send))
 
     def close(self) -> tuple[int, float]:
         """Close on the server; returns (steps, total reward the server saw)."""
@@ -238,9 +328,14 @@ class SessionBatch:
         idx = list(range(len(self.sessions))) if indices is None else list(indices)
         obs = np.asarray(observations, dtype=np.float32).reshape(len(idx), -1)
         rew = np.zeros(len(idx)) if rewards is None else np.asarray(rewards, dtype=np.float64)
-        reqs = [self.sessions[i].request(obs[j], float(rew[j])) for j, i in enumerate(idx)]
-        r = self.client.call("ActBatch", pb.ActBatchRequest(requests=reqs))
-        return np.stack([self.sessions[i]._advance(a) for i, a in zip(idx, r.responses)])
+        members = [self.sessions[i] for i in idx]
+
+        def send():  # requests built anew: a resume changes session ids
+            reqs = [s.request(obs[j], float(rew[j])) for j, s in enumerate(members)]
+            return self.client.call("ActBatch", pb.ActBatchRequest(requests=reqs)), reqs
+
+        r, reqs = self.client.with_failover(members, send)
+        return np.stack([s._advance(a, q) for s, a, q in zip(members, r.responses, reqs)])
 
     def reset(self, i: int, target_return: float | None = None) -> Session:
         """Close session i (its episode ended) and start a new one in its place."""
@@ -278,18 +373,27 @@ class StreamSession(Session):
                                                      metadata=self.client.metadata)
 
     def act(self, observation, reward: float = 0.0) -> np.ndarray:
-        req = self.request(observation, reward)
+        obs = _obs_list(observation)
+
+        def send():
+            req = pb.ActRequest(session_id=self.id, step=self.step, observation=obs,
+                                reward=float(reward))
+            return self._send(req), req
+
+        return self._advance(*self.client.with_failover([self], send))
+
+    def _send(self, req: pb.ActRequest) -> pb.ActResponse:
         delay = self.client.backoff_s
         for attempt in range(1 + self.client.retries):
             self._q.put(req)
             try:
-                return self._advance(next(self._responses))
+                return next(self._responses)
             except grpc.RpcError as e:
+                self._open()  # a failed stream is over: the next attempt needs a new one
                 if e.code() in RETRY_CODES and attempt < self.client.retries:
                     self.client.retried += 1
                     time.sleep(delay)
                     delay *= 2
-                    self._open()
                     continue
                 raise ServerError("ActStream", e.code(), e.details() or "") from None
         raise AssertionError("unreachable")

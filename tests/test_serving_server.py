@@ -230,6 +230,41 @@ def test_not_found_unknown_and_closed(client):
     assert code_of(e) == C.NOT_FOUND
 
 
+def test_resume_over_grpc_goes_on_exactly_or_is_refused_with_nothing_created(policy):
+    obs, rew = episode(n=7)
+    with running_server(policy) as a, running_server(policy) as b, \
+            PolicyClient(a.address, timeout_s=5) as ca, PolicyClient(b.address) as cb:
+        s = ca.session()
+        want = [s.act(obs[t], rew[t]) for t in range(7)]
+        s2 = ca.session()
+        for t in range(5):
+            s2.act(obs[t], rew[t])
+        history = [pb.StepRecord(observation=o, action=a_, return_to_go=g)
+                   for o, a_, g in s2._history]
+        state = pb.ResumeState(model_version=policy.metadata.model_version, next_step=5,
+                               history=history, total_reward=s2.total_reward)
+        r = cb.call("CreateSession", pb.CreateSessionRequest(resume=state))
+        got = [cb.call("Act", pb.ActRequest(session_id=r.session_id, step=t,
+                                            observation=obs[t].tolist(), reward=rew[t]))
+               for t in (5, 6)]
+        for g, w in zip(got, want[5:]):  # same model, same machine: the same bits
+            np.testing.assert_array_equal(np.asarray(g.action, np.float32), w)
+        assert b.store.resumed_total == 1 and b.store.active == 1
+        bad = [(pb.ResumeState(model_version="another", next_step=5, history=history),
+                C.FAILED_PRECONDITION, "resume.model_version 'another'"),
+               (pb.ResumeState(model_version=state.model_version, next_step=5,
+                               history=history[1:]), C.INVALID_ARGUMENT, "resume.history has 3"),
+               (pb.ResumeState(model_version=state.model_version, next_step=5,
+                               history=history[:3] + [pb.StepRecord(observation=[1.0],
+                                                                    action=[0.0, 0.0])]),
+                C.INVALID_ARGUMENT, r"resume.history\[3\].observation has 1 values")]
+        for state_, code, match in bad:
+            with pytest.raises(ServerError, match=match) as e:
+                cb.call("CreateSession", pb.CreateSessionRequest(resume=state_))
+            assert code_of(e) == code
+        assert (b.store.resumed_total, b.store.created_total, b.store.active) == (1, 1, 1)
+
+
 def test_failed_precondition_names_expected_step(client):
     obs, _ = episode(n=3)
     with client.session() as s:
@@ -410,7 +445,8 @@ def test_bearer_token_guards_unary_and_streaming_calls(policy):
         assert token not in repr(srv.config)
         text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics",
                                       timeout=5).read().decode()
-        assert 'vidt_errors_total{code="UNAUTHENTICATED",method="GetPolicyInfo"} 2.0' in text
+        # anon.info(), anon.session()'s look at the model version (for resumes), bad.info()
+        assert 'vidt_errors_total{code="UNAUTHENTICATED",method="GetPolicyInfo"} 3.0' in text
 
 
 def test_tls_with_a_certificate_made_here(policy, tmp_path):

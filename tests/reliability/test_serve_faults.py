@@ -232,23 +232,29 @@ def test_sigkill_and_restart_reports_no_stale_sessions(tiny_model, tmp_path, pol
     obs, rew = episode(5)
     first = ServeProcess(tiny_model, tmp_path).wait_serving()
     try:
-        with PolicyClient(first.address, timeout_s=5, retries=8, backoff_s=0.05) as c:
-            s = c.session()
+        with PolicyClient(first.address, timeout_s=5, retries=8, backoff_s=0.05) as c, \
+                PolicyClient(first.address, timeout_s=5, retries=8, backoff_s=0.05,
+                             failover=False) as plain:
+            s, p = c.session(), plain.session()
             for t in range(3):
                 s.act(obs[t], rew[t])
+                p.act(obs[t], rew[t])
             first.proc.send_signal(signal.SIGKILL)
             first.proc.wait(10)
             fuzz_counts["fault: server SIGKILLed and restarted"] += 1
             with ServeProcess(tiny_model, tmp_path, port=first.port) as second:
                 second.wait_serving()
                 assert second.metric("vidt_active_sessions") == 0
+                # Without failover the lost session is reported as such.
                 with pytest.raises(ServerError, match="unknown session") as e:
-                    s.act(obs[3], rew[3])
+                    p.act(obs[3], rew[3])
                 assert e.value.code.name == "NOT_FOUND"
-                with c.session() as s2:  # the client opens a new session and goes on
-                    got = np.stack([s2.act(obs[t], rew[t]) for t in range(4)])
-                    assert second.metric("vidt_active_sessions") == 1
-                np.testing.assert_allclose(got, replay(policy, 5, 4), atol=1e-6)
+                # With it (the default), the episode goes on where it was, exactly.
+                got = np.stack([s.act(obs[t], rew[t]) for t in range(3, 5)])
+                np.testing.assert_allclose(got, replay(policy, 5, 5)[3:], atol=1e-6)
+                assert (c.failovers, second.metric("vidt_sessions_resumed_total")) == (1, 1)
+                assert second.metric("vidt_active_sessions") == 1
+                s.close()
                 assert second.metric("vidt_active_sessions") == 0
     finally:
         first.stop()
