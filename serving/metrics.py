@@ -8,16 +8,34 @@ process, e.g. in tests, without clashing in prometheus-client's global registry)
     vidt_active_sessions                 open sessions (read from the store at scrape time)
     vidt_sessions_created_total, vidt_sessions_resumed_total, vidt_sessions_expired_total,
     vidt_sessions_closed_total
+
+The same port answers GET /ready: 200 while the server is SERVING, 503 while loading or
+draining.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+import socket
+import threading
+from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Act latency on a loopback CPU server is ~0.1-1 ms; a GPU batch of 64 a few ms.
 LATENCY_BUCKETS = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper never holds up shutdown
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args) -> None:  # a probe every second would flood the log
+        pass
 
 
 class _StoreCollector:
@@ -68,9 +86,28 @@ class Metrics:
         if code != "OK":
             self.errors.labels(method, code).inc()
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Serve /metrics over HTTP on host:port (0 = any free port); returns the port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1",
+              ready: Callable[[], bool] | None = None) -> int:
+        """Serve over HTTP on host:port (0 = any free port); returns the port.
+        /metrics (and any other path): Prometheus' text format. /ready: 200 while ready()
+        (the server is SERVING), 503 otherwise: a readiness probe for proxies that cannot
+        speak gRPC health (HAProxy 2.6) and for Kubernetes."""
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ, start_response):
+            if environ.get("PATH_INFO") != "/ready":
+                return metrics_app(environ, start_response)
+            ok = ready is not None and ready()
+            body = b"SERVING\n" if ok else b"NOT_SERVING\n"
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+                            ("Cache-Control", "no-store")])
+            return [body]
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("_HTTPServer", (_ThreadingWSGIServer,), {"address_family": family})
+        server = make_server(host.strip("[]"), port, app, server_class, handler_class=_Quiet)
+        threading.Thread(target=server.serve_forever, name="vidt-metrics", daemon=True).start()
         self._http = server
         return server.server_address[1]
 

@@ -392,20 +392,23 @@ class PolicyServer:
         self.port = port
         self.address = f"{host}:{port}"
         self._stopping = threading.Event()
+        self.serving = False  # health SERVING: loaded, warmed up, not draining
         self._sweeper: threading.Thread | None = None
         self.metrics_port: int | None = None
 
     def start(self) -> None:
         self._grpc.start()
+        if self.config.metrics_port is not None:  # /ready says 503 until the warm-up is done
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host,
+                                                   ready=lambda: self.serving)
         # Warm-up: onnxruntime's first run allocates and optimises; no client should pay it.
         m = self.policy.metadata
         self.policy.predict(m.new_window().observe(np.zeros(m.obs_dim, np.float32)))
-        if self.config.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
         self._sweeper = threading.Thread(target=self._sweep, name="vidt-expiry", daemon=True)
         self._sweeper.start()
         for name in HEALTH_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True
 
     def _sweep(self) -> None:
         interval = min(1.0, self.config.idle_timeout_s / 4)
@@ -423,6 +426,7 @@ class PolicyServer:
         may step until they are all closed or `grace_s` has passed (or `force` is set); then
         calls in flight get up to a second to finish, and the server stops."""
         grace_s = self.config.grace_s if grace_s is None else grace_s
+        self.serving = False
         self.health.enter_graceful_shutdown()
         self.store.drain()
         deadline = time.monotonic() + grace_s
@@ -436,6 +440,7 @@ class PolicyServer:
         self.stop(grace=min(1.0, max(0.0, deadline - time.monotonic())))
 
     def stop(self, grace: float | None = 0) -> None:
+        self.serving = False
         self.health.enter_graceful_shutdown()
         self.store.drain()
         self._stopping.set()

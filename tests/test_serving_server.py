@@ -52,6 +52,18 @@ def local_actions(policy, obs, rew, target_return=None):
     return np.stack([policy.act(o, r) for o, r in zip(obs, rew)])
 
 
+def ready_status(srv) -> tuple[int, str]:
+    """GET /ready on the server's metrics port: (HTTP status, body)."""
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/ready",
+                                    timeout=5) as r:
+            return r.status, r.read().decode().strip()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode().strip()
+
+
 def code_of(excinfo) -> grpc.StatusCode:
     return excinfo.value.code
 
@@ -336,7 +348,9 @@ def test_metrics(server, client):
 
 def test_draining_refuses_new_sessions_and_lets_open_ones_finish(policy):
     obs, _ = episode(n=3)
-    with running_server(policy) as srv, PolicyClient(srv.address, retries=0) as c:
+    with running_server(policy, metrics_port=0) as srv, \
+            PolicyClient(srv.address, retries=0) as c:
+        assert ready_status(srv) == (200, "SERVING")
         s = c.session()
         s.act(obs[0])
         done = threading.Event()
@@ -347,6 +361,7 @@ def test_draining_refuses_new_sessions_and_lets_open_ones_finish(policy):
             time.sleep(0.01)
         assert health_status(srv.address, "") == "NOT_SERVING"
         assert health_status(srv.address, "vidt.v1.PolicyService") == "NOT_SERVING"
+        assert ready_status(srv) == (503, "NOT_SERVING")  # proxies move new sessions away
         with pytest.raises(ServerError, match="draining") as e:
             c.session()
         assert code_of(e) == C.UNAVAILABLE
