@@ -35,10 +35,13 @@ from .serve import _read_token
                    "rendered offscreen (needs --num-envs 1).")
 @click.option("--record-episodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many episodes --record writes.")
+@click.option("--no-failover", is_flag=True,
+              help="Fail when the server is lost, instead of resuming the episode through the "
+                   "same address (a proxy's other replicas).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file, tls_ca,
-             timeout, record_dir, record_episodes, as_json, no_progress):
+             timeout, record_dir, record_episodes, no_failover, as_json, no_progress):
     """Run episodes of ENV against the policy served at --server and report returns,
     normalized score, episode lengths and Act latency.
 
@@ -56,7 +59,7 @@ def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file
     from vidt.serving.evaluate import evaluate
 
     with PolicyClient(server, token=_read_token(token_file), tls=tls_ca,
-                      timeout_s=timeout) as client:
+                      timeout_s=timeout, failover=not no_failover) as client:
         if env_id is None:
             env_id = client.info().env_id
             if not env_id:
@@ -81,6 +84,8 @@ def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file
                f"max {max(res.lengths)})\n"
                f"{how} latency: p50 {lat['p50']:.3f} ms, p95 {lat['p95']:.3f} ms, "
                f"p99 {lat['p99']:.3f} ms ({res.calls} calls)")
+    if res.failovers:
+        click.echo(f"failovers: {res.failovers} session(s) resumed on another server")
     if record_dir is not None:
         click.echo(f"recorded: the first {min(record_episodes, episodes)} episode(s) as GIFs "
                    f"in {record_dir}")

@@ -44,6 +44,10 @@ from vidt.v1 import policy_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# A stream the client did not cancel itself but sees CANCELLED was reset on the way: HAProxy
+# 2.6 resets the stream of a replica that died, and also turns a stream's error status into a
+# reset. The step is then asked again as a unary Act, whose status comes through.
+STREAM_RETRY_CODES = (*RETRY_CODES, grpc.StatusCode.CANCELLED)
 ROUTE_KEY = "x-vidt-route"
 # grpc waits 1 s (then longer) before reconnecting after a failed connect; a controller
 # that retries within its retry budget needs the channel back sooner.
@@ -361,7 +365,8 @@ _END = object()
 
 class StreamSession(Session):
     """One episode over one ActStream: each act() writes a request and reads its answer. If
-    the stream breaks with a transient code, a new stream resends the same step."""
+    the stream breaks (UNAVAILABLE, DEADLINE_EXCEEDED, or CANCELLED by something on the way),
+    the same step is sent again as a unary Act, and the next step opens a new stream."""
 
     def __init__(self, client: PolicyClient, target_return: float | None = None):
         super().__init__(client, target_return)
@@ -383,20 +388,18 @@ class StreamSession(Session):
         return self._advance(*self.client.with_failover([self], send))
 
     def _send(self, req: pb.ActRequest) -> pb.ActResponse:
-        delay = self.client.backoff_s
-        for attempt in range(1 + self.client.retries):
-            self._q.put(req)
-            try:
-                return next(self._responses)
-            except grpc.RpcError as e:
-                self._open()  # a failed stream is over: the next attempt needs a new one
-                if e.code() in RETRY_CODES and attempt < self.client.retries:
-                    self.client.retried += 1
-                    time.sleep(delay)
-                    delay *= 2
-                    continue
+        self._q.put(req)
+        try:
+            return next(self._responses)
+        except grpc.RpcError as e:
+            self._open()  # a failed stream is over: the next step goes on a new one
+            if e.code() not in STREAM_RETRY_CODES:
                 raise ServerError("ActStream", e.code(), e.details() or "") from None
-        raise AssertionError("unreachable")
+            # The same step again as a unary Act, with the client's retries (a repeated step
+            # gets the answer already given). Unary calls also carry the server's status
+            # through a proxy that resets a failed stream instead (HAProxy 2.6: CANCELLED).
+            self.client.retried += 1
+            return self.client.call("Act", req)
 
     def close(self) -> tuple[int, float]:
         self._q.put(_END)

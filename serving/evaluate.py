@@ -33,6 +33,7 @@ class EvalResult:
     latency_ms: dict  # p50, p95, p99 of one Act (or ActBatch) call, milliseconds
     num_envs: int
     calls: int  # Act / ActBatch calls made
+    failovers: int = 0  # sessions resumed on another server after theirs was lost
 
     @property
     def return_mean(self) -> float:
@@ -54,7 +55,9 @@ class EvalResult:
         """The object `vidt eval --json` prints."""
         return {"episodes": len(self.returns), "return_mean": self.return_mean,
                 "return_std": self.return_std, "normalized_score": self.normalized_score,
-                "mean_length": self.mean_length, "latency_ms": dict(self.latency_ms)}
+                "mean_length": self.mean_length, "latency_ms": dict(self.latency_ms),
+                "returns": list(self.returns), "lengths": list(self.lengths),
+                "failovers": self.failovers}
 
 
 def check_compatible(info, env_id: str, env) -> None:
@@ -91,6 +94,7 @@ def evaluate(client: PolicyClient, env_id: str, episodes: int, *,
     if record_dir is not None and num_envs != 1:
         raise VidtError("recording needs a single env (num_envs 1)")
     info = client.info()
+    failovers_before = client.failovers
     if num_envs == 1:
         run = partial(_run_single, record_dir=record_dir, record_episodes=record_episodes)
     else:
@@ -98,7 +102,7 @@ def evaluate(client: PolicyClient, env_id: str, episodes: int, *,
     returns, lengths, lat = run(client, info, env_id, episodes, target_return, seed,
                                 on_episode or (lambda r, n: None))
     return EvalResult(env_id, tuple(returns), tuple(lengths), _percentiles(lat), num_envs,
-                      len(lat))
+                      len(lat), client.failovers - failovers_before)
 
 
 def _run_single(client, info, env_id, episodes, target_return, seed, on_episode,

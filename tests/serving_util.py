@@ -80,9 +80,11 @@ def make_policy_onnx(path: str | Path, *, obs_dim: int = 3, act_dim: int = 2, K:
 
 def make_dt_onnx(path: str | Path, *, obs_dim: int = 3, act_dim: int = 2, K: int = 4,
                  eval_len: int = 3, d_model: int = 32, n_layer: int = 2, n_head: int = 2,
-                 default_target_return: float = 10.0, seed: int = 0) -> Path:
+                 default_target_return: float = 10.0, seed: int = 0, env_id: str = "",
+                 act_bound: float = 1.0) -> Path:
     """A random-weight Decision Transformer actor exported by vidt's own exporter (parity
-    checked as `vidt export` does): what a trained run's file is, minus the training."""
+    checked as `vidt export` does): what a trained run's file is, minus the training.
+    env_id and act_bound make it fit an env for `vidt eval` (Pendulum-v1: 3, 1, 2.0)."""
     import torch
 
     from vidt.export import export_actor
@@ -93,8 +95,9 @@ def make_dt_onnx(path: str | Path, *, obs_dim: int = 3, act_dim: int = 2, K: int
                              ModelConfig(context_len=K, d_model=d_model, n_layer=n_layer,
                                          n_head=n_head))
     actor = Actor(dt, state_mean=np.zeros(obs_dim), state_std=np.ones(obs_dim),
-                  reward_scale=0.1, act_low=-np.ones(act_dim), act_high=np.ones(act_dim)).eval()
-    meta = dict(algo="vidt", eval_context_len=eval_len,
+                  reward_scale=0.1, act_low=-act_bound * np.ones(act_dim),
+                  act_high=act_bound * np.ones(act_dim)).eval()
+    meta = dict(algo="vidt", eval_context_len=eval_len, env_id=env_id,
                 eval_target_return=float(default_target_return), reward_scale=0.1)
     export_actor(actor, meta, path, model_name="test-dt")
     return Path(path)
