@@ -13,6 +13,13 @@
 4. Where Act's time goes beyond the floor: the same server with a zero model (sessions,
    batcher and servicer, no onnxruntime), and onnxruntime batch 1 after 8 MB of other memory
    traffic (as between two requests in a server; the floor's loop keeps its caches hot).
+5. Replicas (needs `haproxy`): 3 replicas behind HAProxy (deploy/haproxy/), Act p50/p99
+   through the proxy vs straight to the replica the session sticks to, and
+   proxy p50 / direct p50                                   target <= 1.15
+   and what a resume costs: CreateSession plain vs with a resume (a full context of history),
+   and one failover step as the client lives it (Act -> NOT_FOUND -> resume -> Act again).
+
+`--parts` picks sections (latency, throughput, proxy; default all).
 
 Servers run in their own processes, as in production. The measurements alternate in rounds
 (these shared machines are noisy) and percentiles pool the rounds. The machine and versions
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -205,6 +213,78 @@ def latency(args, model: Path, meta) -> dict:
     return out
 
 
+def proxy(args, model: Path, meta) -> dict:
+    """Act through HAProxy vs straight to the replica the session sticks to, alternating in
+    rounds; CreateSession plain vs resumed; one failover step."""
+    import importlib.util
+    import shutil
+
+    from vidt.serving.client import PolicyClient
+    from vidt.v1 import policy_pb2 as pb
+
+    if shutil.which("haproxy") is None:
+        return {"skipped": "haproxy is not on the PATH (apt-get install haproxy)"}
+    spec = importlib.util.spec_from_file_location(
+        "replicas", Path(__file__).resolve().parents[1] / "deploy" / "haproxy" / "replicas.py")
+    replicas = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replicas)
+    rng = np.random.default_rng(1)
+    obs = rng.normal(size=(256, meta.obs_dim)).astype(np.float32)
+    res = {"act_proxy": [], "act_direct": [], "create": [], "create_resume": [],
+           "failover_step": []}
+    serve_args = ("--threads", str(args.threads), "--provider", "cpu", "--ort-threads",
+                  str(args.ort_threads))
+    with replicas.Replicas(model, 3, serve_args=serve_args) as cluster, \
+            PolicyClient(cluster.address, route="bench") as pc:
+        sp = pc.session()
+        sp.act(obs[0], 0.1)
+        home = next(r for r in cluster.replicas if r.name == cluster.stuck()["bench"])
+        with PolicyClient(home.address, route="bench") as dc:
+            sd = dc.session()
+            k = [0]
+
+            def stepper(session):
+                def step():
+                    session.act(obs[k[0] % 256], 0.1)
+                    k[0] += 1
+                return step
+
+            for sess in (sp, sd):  # warm-up, and a full context of history for the resumes
+                time_calls(stepper(sess), 200)
+            n = args.requests // args.rounds
+            for _ in range(args.rounds):
+                res["act_proxy"] += time_calls(stepper(sp), n)
+                res["act_direct"] += time_calls(stepper(sd), n)
+            m = max(50, n // 10)
+            state = pb.ResumeState(model_version=sd.model_version, next_step=sd.step,
+                                   total_reward=sd.total_reward,
+                                   history=[pb.StepRecord(observation=o, action=a,
+                                                          return_to_go=g)
+                                            for o, a, g in sd._history])
+            opened = []
+            for _ in range(args.rounds):
+                res["create"] += time_calls(lambda: opened.append(
+                    dc.call("CreateSession", pb.CreateSessionRequest())), m)
+                res["create_resume"] += time_calls(lambda: opened.append(
+                    dc.call("CreateSession", pb.CreateSessionRequest(resume=state))), m)
+            for r in opened:
+                dc.call("CloseSession", pb.CloseSessionRequest(session_id=r.session_id))
+
+            def failover_step():
+                sd.id = "gone"  # what a client sees once its server is lost: NOT_FOUND
+                sd.act(obs[k[0] % 256], 0.1)
+                k[0] += 1
+
+            logging.getLogger("vidt.serving.client").setLevel(logging.ERROR)
+            res["failover_step"] = time_calls(failover_step, m)
+            sd.close()
+        sp.close()
+    out = {k: {"p50": pct(v, 50), "p99": pct(v, 99), "n": len(v)} for k, v in res.items()}
+    out["history_steps"] = len(state.history)
+    out["ratio_proxy_p50_over_direct"] = out["act_proxy"]["p50"] / out["act_direct"]["p50"]
+    return out
+
+
 def throughput(args, model: Path, meta) -> dict:
     """Steps/s of `sessions` concurrent sessions against: the server with batching (default
     flags), the server with --max-batch 1, and the echo server (the ceiling that the client
@@ -276,8 +356,13 @@ def main() -> None:
     ap.add_argument("--tp-rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=64, help="server worker threads")
     ap.add_argument("--ort-threads", type=int, default=1)
+    ap.add_argument("--parts", default="latency,throughput,proxy",
+                    help="comma list of latency, throughput, proxy")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= {"latency", "throughput", "proxy"}:
+        ap.error(f"--parts: unknown {sorted(parts - {'latency', 'throughput', 'proxy'})}")
 
     from vidt.serving.runtime import OnnxPolicy
 
@@ -286,22 +371,32 @@ def main() -> None:
                                          args.size)
         meta = OnnxPolicy(model, provider="cpu").metadata
         t0 = time.time()
-        lat = latency(args, model, meta)
-        tp = throughput(args, model, meta)
+        lat = latency(args, model, meta) if "latency" in parts else None
+        tp = throughput(args, model, meta) if "throughput" in parts else None
+        px = proxy(args, model, meta) if "proxy" in parts else None
     report = {"machine": machine(), "model": {"file": str(args.model or f"{args.env} {args.size}"),
               "obs_dim": meta.obs_dim, "act_dim": meta.act_dim, "K": meta.context_len,
               "eval_K": meta.eval_context_len}, "ort_threads": args.ort_threads,
               "server_threads": args.threads, "latency_ms": lat, "throughput": tp,
-              "seconds": time.time() - t0}
+              "proxy_ms": px, "seconds": time.time() - t0}
     if args.json:
         print(json.dumps(report))
         return
-    m, L = report["machine"], lat
+    m = report["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, grpcio "
           f"{m['grpcio']}, onnxruntime {m['onnxruntime']}")
     print(f"model: {report['model']['file']} (obs {meta.obs_dim}, act {meta.act_dim}, "
           f"K {meta.context_len}, T_eval {meta.eval_context_len}), onnxruntime threads "
           f"{args.ort_threads}, server threads {args.threads}")
+    if lat is not None:
+        print_latency(lat)
+    if tp is not None:
+        print_throughput(tp)
+    if px is not None:
+        print_proxy(px)
+
+
+def print_latency(L: dict) -> None:
     print("| measurement | p50 ms | p99 ms |\n|---|---|---|")
     for key, name in [("echo", "floor: gRPC echo, same server settings"),
                       ("ort", "floor: onnxruntime batch 1 alone"),
@@ -315,6 +410,9 @@ def main() -> None:
     print(f"beyond the floor: serving layer without onnxruntime "
           f"{L['act_zero_model']['p50'] - L['echo']['p50']:+.3f} ms (zero model vs echo); "
           f"onnxruntime with cold caches {L['ort_cold']['p50'] - L['ort']['p50']:+.3f} ms")
+
+
+def print_throughput(tp: dict) -> None:
     ok = "meets" if tp["speedup"] >= 3 else "misses"
     print(f"{tp['sessions']} concurrent sessions ({tp['workers']} client processes): "
           f"{tp['batched_steps_per_s']:.0f} steps/s batched vs {tp['max_batch_1_steps_per_s']:.0f}"
@@ -322,6 +420,24 @@ def main() -> None:
     print(f"ceiling: the echo server under the same load does {tp['echo_ceiling_steps_per_s']:.0f}"
           f" steps/s, so at most {tp['speedup_possible_at_most']:.2f}x is possible here; "
           f"runs {json.dumps({k: [round(x) for x in v] for k, v in tp['runs'].items()})}")
+
+
+def print_proxy(P: dict) -> None:
+    if "skipped" in P:
+        print(f"replicas: skipped: {P['skipped']}")
+        return
+    print("\n3 replicas behind HAProxy (deploy/haproxy/haproxy.cfg), one client:")
+    print("| measurement | p50 ms | p99 ms |\n|---|---|---|")
+    for key, name in [("act_direct", "Act straight to the replica the session sticks to"),
+                      ("act_proxy", "Act through HAProxy"),
+                      ("create", "CreateSession (new episode)"),
+                      ("create_resume", f"CreateSession with a resume ({P['history_steps']} "
+                                        "steps of history)"),
+                      ("failover_step", "one failover step: Act -> NOT_FOUND -> resume -> Act")]:
+        print(f"| {name} | {P[key]['p50']:.3f} | {P[key]['p99']:.3f} |")
+    ok = "meets" if P["ratio_proxy_p50_over_direct"] <= 1.15 else "misses"
+    print(f"proxy p50 / direct p50 = {P['ratio_proxy_p50_over_direct']:.3f} ({ok} the 1.15 "
+          "target)")
 
 
 if __name__ == "__main__":
