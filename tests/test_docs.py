@@ -37,6 +37,10 @@ RUN_BY = {
     ("docs/serving.md", "vidt serve --model policy.onnx --port 50051 --metrics-port 9090"):
         "test_serving_doc_serve_health_reflection_metrics",
     ("docs/serving.md", "for seed in 0 1 2 3 4; do"): "test_serving_doc_sweep_loop",
+    ("docs/serving.md", "python deploy/haproxy/replicas.py --model policy.onnx -n 3 --port 50051   # Ctrl-C stops all"):
+        "test_serving_doc_replicas_behind_haproxy",
+    ("docs/serving.md", "vidt eval --server 127.0.0.1:50051 --env Pendulum-v1 --episodes 4"):
+        "test_serving_doc_replicas_behind_haproxy",
     ("SECURITY.md", "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \\"):
         "test_security_doc_tls_and_token",
     ("SECURITY.md", "from vidt.serving.client import PolicyClient"): "test_security_doc_tls_and_token",
@@ -164,6 +168,40 @@ def test_make_demo_runs_the_demo_script(tmp_path):
 
 
 # ---- docs/serving.md ----------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("haproxy") is None,
+                    reason="haproxy is not on the PATH (apt-get install haproxy)")
+def test_serving_doc_replicas_behind_haproxy(tmp_path):
+    make_policy_onnx(tmp_path / "policy.onnx", obs_dim=3, act_dim=1, env_id="Pendulum-v1",
+                     low=-2.0, high=2.0)
+    port = free_port()
+    start = cut(block("docs/serving.md", "python deploy/haproxy/replicas.py"),
+                ("--port 50051", f"--port {port}"), ("deploy/", f"{ROOT}/deploy/"))
+    run_eval = cut(block("docs/serving.md", "vidt eval --server 127.0.0.1:50051"),
+                   ("127.0.0.1:50051", f"127.0.0.1:{port}"))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.Popen(["bash", "-c", "exec " + start.split("#")[0].strip()], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # the script prints its addresses once all is up
+            lines.append(line)
+            if "Ctrl-C stops all" in line:
+                break
+        assert f"HAProxy on 127.0.0.1:{port}" in "".join(lines), "".join(lines)
+        out = subprocess.run(["bash", "-c", run_eval.strip() + " --json --no-progress"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["episodes"] == 4
+        proc.send_signal(signal.SIGINT)  # "Ctrl-C stops all"
+        assert proc.wait(timeout=30) == 0
+        leftover = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], capture_output=True)
+        assert leftover.returncode == 1, leftover.stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
 
 def test_serving_doc_serve_health_reflection_metrics(tmp_path):
     doc = (ROOT / "docs" / "serving.md").read_text()
