@@ -289,3 +289,26 @@ def test_eval_through_the_proxy_with_a_replica_killed_reports_the_same_returns(t
         killed = json.loads(out)
     assert killed["failovers"] >= 1 and clean["failovers"] == 0
     assert killed["returns"] == clean["returns"] and killed["lengths"] == clean["lengths"]
+
+
+def test_haproxy_admin_drain_sends_new_keys_elsewhere_while_old_episodes_finish(cluster):
+    obs = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
+    with PolicyClient(cluster.address, route="old-robot") as old:
+        s = old.session()
+        s.act(obs[0])
+        home = cluster.stuck()["old-robot"]
+        cluster.admin(f"set server vidt/{home} state drain")
+        try:
+            cluster.wait_state(home, "DRAIN")
+            for k in range(6):  # new keys: never the drained replica
+                with PolicyClient(cluster.address, route=f"new-robot-{k}") as c, \
+                        c.session() as s2:
+                    s2.act(obs[0])
+                    assert cluster.stuck()[f"new-robot-{k}"] != home
+            for t in range(1, 8):  # the old key's episode goes on where it was
+                s.act(obs[t])
+            assert old.failovers == 0 and cluster.stuck()["old-robot"] == home
+            s.close()
+        finally:
+            cluster.admin(f"set server vidt/{home} state ready")
+            cluster.wait_up([home])
