@@ -29,6 +29,16 @@ CONFIG = Path(__file__).with_name("haproxy.cfg")
 BACKEND = "vidt"
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the process that started it dies,
+    so a killed launcher (or test) leaves no replica or proxy behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,7 +80,8 @@ class Replica:
         cmd = [sys.executable, "-m", "vidt.cli.main", "serve", "--model", self.model,
                "--port", str(self.port), "--metrics-port", str(self.metrics_port), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                     preexec_fn=_die_with_parent)
         log.close()  # the child holds its own descriptor
         return self
 
@@ -147,7 +158,8 @@ class Replicas:
                 r.wait_ready(timeout)
             log = open(self.dir / "haproxy.log", "w")  # noqa: SIM115
             self.haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(self.config)],
-                                            stdout=log, stderr=subprocess.STDOUT)
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            preexec_fn=_die_with_parent)
             log.close()
             self.wait_up([r.name for r in self.replicas], timeout)
         except BaseException:
