@@ -1,0 +1,57 @@
+"""`vidt report`'s statistics against values worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vidt.report.stats import (
+    first_crossing,
+    iqm,
+    probability_of_improvement,
+    stratified_bootstrap_ci,
+)
+
+
+def test_iqm_drops_a_quarter_at_each_end():
+    assert iqm(np.arange(1, 9)) == 4.5  # [1..8] -> mean(3, 4, 5, 6)
+    # 4 runs x 2 tasks, pooled: sorted 0 1 2 3 10 11 12 13 -> mean(2, 3, 10, 11)
+    assert iqm([[0, 10], [1, 11], [2, 12], [3, 13]]) == 6.5
+    assert iqm([1, 2, 3]) == 2.0  # int(0.75) = 0 cut: the plain mean
+    assert iqm([7, 1, 100, 4, 5]) == pytest.approx((4 + 5 + 7) / 3)  # cut 1 each end
+    with pytest.raises(ValueError):
+        iqm([])
+
+
+def test_probability_of_improvement_counts_ties_half_and_averages_tasks():
+    assert probability_of_improvement([[1], [3]], [[2], [2]]) == 0.5  # 2 of 4 pairs
+    # (2,2) tie 0.5, (2,1) 1, (3,2) 1, (3,1) 1 -> 3.5 / 4
+    assert probability_of_improvement([[2], [3]], [[2], [1]]) == 0.875
+    # Two tasks: 1.0 on the first (every x above every y), 0.0 on the second -> 0.5
+    x = [[5, 0], [6, 1]]
+    y = [[1, 5], [2, 6], [3, 7]]  # 3 runs against 2: allowed
+    assert probability_of_improvement(x, y) == 0.5
+    assert probability_of_improvement(y, x) == 0.5
+    with pytest.raises(ValueError):
+        probability_of_improvement([[1, 2]], [[1]])
+
+
+def test_bootstrap_resamples_within_each_task():
+    # Task 0's runs all score 0, task 1's all 10: every stratified resample holds two of each,
+    # so the IQM (cut 1 of 4 at each end) is always 5; pooling the runs would vary it.
+    x = np.array([[0.0, 10.0], [0.0, 10.0]])
+    assert stratified_bootstrap_ci(x, reps=500) == (5.0, 5.0)
+
+
+def test_bootstrap_interval_of_a_two_run_task():
+    # Resamples of (0, 1): means 0, 0.5, 0.5, 1 with probability 1/4 each; over 2000 draws the
+    # 2.5th and 97.5th percentiles are the extremes.
+    lo, hi = stratified_bootstrap_ci([[0.0], [1.0]], reps=2000)
+    assert (lo, hi) == (0.0, 1.0)
+    lo, hi = stratified_bootstrap_ci([[0.0], [1.0]], reps=2000, alpha=0.6)  # 30th..70th
+    assert (lo, hi) == (0.5, 0.5)
+
+
+def test_first_crossing():
+    assert first_crossing([0, 10, 20, 30], [0.1, 0.4, 0.6, 0.5], 0.5) == 20
+    assert first_crossing([0, 10], [0.1, 0.2], 0.5) is None

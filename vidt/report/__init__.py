@@ -1,0 +1,1 @@
+"""`vidt report`: tables, statistics and curves over a root of run directories."""

@@ -1,0 +1,97 @@
+"""Run directories as records: what each run is (env, dataset, algo, variant, seed), its
+evaluation curve, and whether it has finished."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vidt.errors import VidtError
+
+POINT_FILE = "sweep_point.json"  # written by `vidt sweep` into each run it starts
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    env_id: str
+    dataset: str  # the dataset's name (its directory or file name)
+    algo: str
+    variant: str  # a sweep's override label ("" for none)
+    seed: int
+    steps: np.ndarray  # online env steps of each evaluation (0 = after pretraining)
+    scores: np.ndarray  # normalized score of each evaluation (the return where the env has none)
+    normalized: bool  # whether `scores` are normalized scores
+    budget: int  # online steps the run was given
+    finished: bool
+
+    @property
+    def task(self) -> tuple[str, str]:
+        return self.env_id, self.dataset
+
+    @property
+    def method(self) -> str:
+        return f"{self.algo} ({self.variant})" if self.variant else self.algo
+
+    @property
+    def final(self) -> float:
+        return float(self.scores[-1])
+
+    @property
+    def last3(self) -> float:
+        return float(np.mean(self.scores[-3:]))
+
+
+def _float(x: str) -> float | None:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_run(path: Path) -> Run | None:
+    """The run in `path` (config.json + metrics.csv), or None when it has no evaluation yet."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+        with open(path / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, json.JSONDecodeError, csv.Error) as e:
+        raise VidtError(f"{path}: unreadable run ({e})") from None
+    point = {}
+    if (path / POINT_FILE).exists():
+        point = json.loads((path / POINT_FILE).read_text())
+    evals = [r for r in rows if _float(r.get("eval_return_mean")) is not None]
+    if not evals:
+        return None
+    norm = [_float(r.get("eval_normalized_score")) for r in evals]
+    normalized = all(v is not None for v in norm)
+    scores = norm if normalized else [_float(r["eval_return_mean"]) for r in evals]
+    steps = [int(float(r["online_env_steps"])) for r in evals]
+    budget = int(config["online"]["online_steps"])
+    done = [int(float(r["online_env_steps"])) for r in rows if r.get("phase") == "online"]
+    return Run(path=path, env_id=config["env_id"],
+               dataset=point.get("dataset") or Path(str(config["dataset"])).name,
+               algo=config["algo"], variant=point.get("variant", ""), seed=int(config["seed"]),
+               steps=np.asarray(steps), scores=np.asarray(scores, dtype=np.float64),
+               normalized=normalized, budget=budget, finished=bool(done) and max(done) >= budget)
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every run under `root` (a directory holding config.json and metrics.csv), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise VidtError(f"{root}: no such directory")
+    runs = []
+    for cfg in sorted(root.rglob("config.json")):
+        if (cfg.parent / "metrics.csv").exists():
+            run = read_run(cfg.parent)
+            if run is not None:
+                runs.append(run)
+    if not runs:
+        raise VidtError(f"{root}: no runs with an evaluation yet (a run is a directory with "
+                        "config.json and metrics.csv, as `vidt train --out` writes)")
+    return sorted(runs, key=lambda r: (r.task, r.method, r.seed))
