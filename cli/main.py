@@ -24,6 +24,7 @@ COMMANDS = {
     "export": ("vidt.cli.export", "export", "Export a trained actor to one ONNX file."),
     "serve": ("vidt.cli.serve", "serve", "Serve an ONNX policy over gRPC."),
     "eval": ("vidt.cli.eval", "eval_cmd", "Run Gymnasium episodes against a live server."),
+    "sweep": ("vidt.cli.sweep", "sweep", "Run a grid of trainings as Ray tasks."),
     "report": ("vidt.cli.report", "report", "Tables, statistics and curves over many runs."),
 }
 

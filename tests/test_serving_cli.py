@@ -75,8 +75,10 @@ def test_eval_json_single_and_vector(run_cli, dt_policy_file):
         assert r.exit_code == 0, r.stderr
         one = json.loads(r.stdout)
         assert set(one) == {"episodes", "return_mean", "return_std", "normalized_score",
-                            "mean_length", "latency_ms"}
+                            "mean_length", "latency_ms", "returns", "lengths", "failovers"}
         assert one["episodes"] == 2 and one["mean_length"] == 200.0
+        assert one["lengths"] == [200, 200] and one["failovers"] == 0
+        assert one["return_mean"] == pytest.approx(np.mean(one["returns"]))
         assert set(one["latency_ms"]) == {"p50", "p95", "p99"}
         assert one["latency_ms"]["p50"] <= one["latency_ms"]["p99"]
         assert one["normalized_score"] is not None  # Pendulum-v1 has a reference

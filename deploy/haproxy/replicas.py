@@ -25,18 +25,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from vidt.procs import die_with_parent  # replicas and proxy end with this launcher
+
 CONFIG = Path(__file__).with_name("haproxy.cfg")
 BACKEND = "vidt"
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM when the process that started it dies,
-    so a killed launcher (or test) leaves no replica or proxy behind."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -81,7 +73,7 @@ class Replica:
                "--port", str(self.port), "--metrics-port", str(self.metrics_port), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent())
         log.close()  # the child holds its own descriptor
         return self
 
@@ -159,7 +151,7 @@ class Replicas:
             log = open(self.dir / "haproxy.log", "w")  # noqa: SIM115
             self.haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(self.config)],
                                             stdout=log, stderr=subprocess.STDOUT,
-                                            preexec_fn=_die_with_parent)
+                                            preexec_fn=die_with_parent())
             log.close()
             self.wait_up([r.name for r in self.replicas], timeout)
         except BaseException:

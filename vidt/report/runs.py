@@ -12,7 +12,7 @@ import numpy as np
 
 from vidt.errors import VidtError
 
-POINT_FILE = "sweep_point.json"  # written by `vidt sweep` into each run it starts
+INDEX_FILE = "sweep.json"  # written by `vidt sweep` in its root: each run's grid point
 
 
 @dataclass(frozen=True)
@@ -53,17 +53,16 @@ def _float(x: str) -> float | None:
         return None
 
 
-def read_run(path: Path) -> Run | None:
-    """The run in `path` (config.json + metrics.csv), or None when it has no evaluation yet."""
+def read_run(path: Path, point: dict | None = None) -> Run | None:
+    """The run in `path` (config.json + metrics.csv), or None when it has no evaluation yet.
+    point: its grid point from a sweep's index (dataset name and variant label)."""
     try:
         config = json.loads((path / "config.json").read_text())
         with open(path / "metrics.csv", newline="") as f:
             rows = list(csv.DictReader(f))
     except (OSError, json.JSONDecodeError, csv.Error) as e:
         raise VidtError(f"{path}: unreadable run ({e})") from None
-    point = {}
-    if (path / POINT_FILE).exists():
-        point = json.loads((path / POINT_FILE).read_text())
+    point = point or {}
     evals = [r for r in rows if _float(r.get("eval_return_mean")) is not None]
     if not evals:
         return None
@@ -85,10 +84,17 @@ def find_runs(root: Path) -> list[Run]:
     root = Path(root)
     if not root.is_dir():
         raise VidtError(f"{root}: no such directory")
+    points = {}
+    for index in root.rglob(INDEX_FILE):
+        try:
+            for rel, point in json.loads(index.read_text())["runs"].items():
+                points[(index.parent / rel).resolve()] = point
+        except (OSError, json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise VidtError(f"{index}: unreadable sweep index ({e})") from None
     runs = []
     for cfg in sorted(root.rglob("config.json")):
         if (cfg.parent / "metrics.csv").exists():
-            run = read_run(cfg.parent)
+            run = read_run(cfg.parent, points.get(cfg.parent.resolve()))
             if run is not None:
                 runs.append(run)
     if not runs:

@@ -1,0 +1,180 @@
+"""`vidt sweep` on a real local Ray, as a user runs it: a 2x2 grid, the same grid interrupted
+and rerun (nothing finished is redone, resumed runs equal uninterrupted ones), a failing
+point reported while the others finish, and bad sweep files refused in one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray", reason="vidt sweep needs Ray (pip install 'vidt[sweep]')")
+
+GRID = """
+root = "{root}"
+[train]
+preset = "tiny"
+pretrain_updates = 60
+online_steps = 384
+device = "cpu"
+[resources]
+cpus = 1
+[[datasets]]
+env = "vidt/OneState-v0"
+[grid]
+algos = {algos}
+seeds = [0, 1]
+"""
+
+
+def sweep_file(tmp: Path, name: str, algos='["vidt", "odt"]') -> tuple[Path, Path]:
+    root = tmp / name
+    f = tmp / f"{name}.toml"
+    f.write_text(GRID.format(root=root, algos=algos))
+    return f, root
+
+
+def vidt(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vidt.cli.main", *args], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONHASHSEED": "0"},
+                          **kw)
+
+
+def rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        out = list(csv.DictReader(f))
+    for r in out:
+        r.pop("wall_time_s")  # the only column allowed to differ
+    return out
+
+
+def runs(root: Path) -> dict[str, Path]:
+    return {str(p.parent.relative_to(root)): p.parent for p in root.rglob("config.json")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The 2x2 grid run once, uninterrupted."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    f, root = sweep_file(tmp, "ref")
+    res = vidt("sweep", str(f))
+    assert res.returncode == 0, res.stderr
+    return root, res
+
+
+def test_a_2x2_sweep_runs_every_point_and_report_reads_it(reference):
+    root, res = reference
+    assert sorted(runs(root)) == ["vidt-OneState-v0-builtin/odt/s0",
+                                  "vidt-OneState-v0-builtin/odt/s1",
+                                  "vidt-OneState-v0-builtin/vidt/s0",
+                                  "vidt-OneState-v0-builtin/vidt/s1"]
+    assert "4 finished, 0 already finished, 0 failed" in res.stderr
+    assert "progress: 4 done, 0 running, 0 failed, 0 waiting" in res.stderr
+    index = json.loads((root / "sweep.json").read_text())["runs"]
+    assert index["vidt-OneState-v0-builtin/odt/s1"]["algo"] == "odt"
+    out = vidt("report", str(root), "--json", "--reps", "200")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert (summary["runs"], summary["finished"], summary["running"]) == (4, 4, [])
+    assert {r["method"]: r["seeds"] for r in summary["per_task"]} == {"odt": 2, "vidt": 2}
+    assert {a["method"] for a in summary["aggregate"]} == {"odt", "vidt"}
+    assert Path(summary["files"]["vidt-OneState-v0-builtin.png"]).stat().st_size > 10_000
+    again = vidt("sweep", str(reference[0].parent / "ref.toml"))  # nothing left to do
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+def test_an_interrupted_sweep_goes_on_without_redoing_and_ends_as_uninterrupted(
+        reference, tmp_path):
+    ref_root, _ = reference
+    f, root = sweep_file(tmp_path, "cut")
+    # One run at a time, so that Ctrl-C lands after one run finished and inside the next.
+    proc = subprocess.Popen([sys.executable, "-m", "vidt.cli.main", "sweep", str(f),
+                             "--max-concurrent", "1"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONHASHSEED": "0"})
+    try:
+        started = []
+        for line in proc.stderr:
+            if line.startswith("start"):
+                started.append(Path(line.split()[1].rstrip(";")))
+            if line.startswith("done"):
+                break
+        for line in proc.stderr:  # the second run's start
+            if line.startswith("start"):
+                started.append(Path(line.split()[1].rstrip(";")))
+                break
+        deadline = time.monotonic() + 120
+        while not (started[-1] / "config.json").exists():  # it is training
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=300) == 130, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "interrupted: run the same command again" in rest
+    finished = {k for k, p in runs(root).items()
+                if (p / "metrics.csv").exists() and len(rows(p)) == len(rows(ref_root / k))}
+    stamps = {k: (runs(root)[k] / "metrics.csv").stat().st_mtime_ns for k in finished}
+    assert len(finished) == 1
+    assert str(started[-1].relative_to(root)) not in finished  # stopped mid-run
+    res = vidt("sweep", str(f))
+    assert res.returncode == 0, res.stderr
+    assert f"{len(finished)} already finished" in res.stderr
+    assert "(resuming)" in res.stderr
+    for k in finished:  # not redone
+        assert (runs(root)[k] / "metrics.csv").stat().st_mtime_ns == stamps[k]
+    assert sorted(runs(root)) == sorted(runs(ref_root))
+    for k, p in runs(root).items():  # resumed runs end exactly as uninterrupted ones
+        assert rows(p) == rows(ref_root / k), k
+
+
+def test_a_failing_point_is_reported_and_the_others_finish(tmp_path):
+    f, root = sweep_file(tmp_path, "fail", algos='["odt"]')
+    broken = root / "vidt-OneState-v0-builtin" / "odt" / "s1"
+    dry = vidt("train", "--env", "vidt/OneState-v0", "--preset", "tiny", "--algo", "odt",
+               "--dry-run")
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text(dry.stdout)
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")  # a damaged run
+    res = vidt("sweep", str(f))
+    assert res.returncode == 1
+    assert "1 finished, 0 already finished, 1 failed" in res.stderr
+    log = root / "logs" / "vidt-OneState-v0-builtin" / "odt" / "s1.log"
+    assert f"failed: {broken}: vidt train exited with 1; log: {log}" in res.stderr
+    assert "checkpoint" in log.read_text()
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ('root = "R"\nbogus = 1\n', "unknown key 'bogus'"),
+    ('root = "R"\n[grid]\nalgos = ["vidt"]\nseeds = [0]\n', "no [[datasets]]: the grid is empty"),
+    ('root = "R"\n[[datasets]]\nenv = "vidt/OneState-v0"\n[grid]\nalgos = []\nseeds = [0]\n',
+     "[grid] algos must be a non-empty list"),
+    ('root = "R"\n[[datasets]]\nenv = "vidt/OneState-v0"\n[grid]\nalgos = ["vidt"]\n'
+     'seeds = [0, 0]\n', "seeds must be distinct"),
+    ('root = "R"\n[train]\nset = ["model.nope=3"]\n[[datasets]]\nenv = "vidt/OneState-v0"\n'
+     '[grid]\nalgos = ["vidt"]\nseeds = [0]\n', "model.nope"),
+    ('root = "R"\n[[datasets]]\nenv = "vidt/OneState-v0"\n[grid]\nalgos = ["vidt"]\n'
+     'seeds = [0]\n[grid.variants]\n"big" = ["model.d_model=-4"]\n', "[big]"),
+    ('root = "R"\n[[datasets]]\nenv = "vidt/OneState-v0"\n[grid]\nalgos = ["sac"]\n'
+     'seeds = [0]\n', "sac"),
+    ('root = "R"\n[[datasets]]\nenv = "Hopper-v5"\npath = "/nonexistent.hdf5"\n[grid]\n'
+     'algos = ["vidt"]\nseeds = [0]\n', "/nonexistent.hdf5"),
+    ('root = \n', "not valid TOML"),
+])
+def test_bad_sweep_files_are_refused_in_one_line(run_cli, tmp_path, text, message):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    r = run_cli("sweep", str(f), "--dry-run")
+    assert r.exit_code != 0
+    assert message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not Path("R").exists()  # nothing was started

@@ -1,0 +1,266 @@
+"""Run a sweep's grid as Ray tasks: each task runs one ordinary `vidt train` in a subprocess,
+so a run behaves (and resumes) exactly as it does from the command line.
+
+Local Ray by default (started and stopped here); a cluster with `address`. On a cluster the
+sweep root and datasets must be on storage every node sees, and vidt installed on each.
+Stop and go on: Ctrl-C cancels the running tasks, whose `vidt train` gets SIGINT and writes a
+checkpoint; a rerun skips finished runs and resumes the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vidt.errors import VidtError
+from vidt.procs import die_with_parent
+
+from .spec import Point, Sweep
+
+STOP_FILE = ".sweep-stop"  # in the root: tells the sweep's tasks to checkpoint and stop
+
+
+@dataclass
+class Outcome:
+    point: Point
+    status: str  # "finished", "skipped" (was finished), "failed", "interrupted"
+    seconds: float = 0.0
+    log: Path | None = None
+    detail: str = ""
+
+
+@dataclass
+class SweepResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    interrupted: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(o.status in ("finished", "skipped")
+                                            for o in self.outcomes)
+
+
+def is_finished(run_dir: Path) -> bool:
+    from vidt.report.runs import read_run
+
+    if not (run_dir / "config.json").exists() or not (run_dir / "metrics.csv").exists():
+        return False
+    try:
+        run = read_run(run_dir)
+    except VidtError:
+        return False
+    return run is not None and run.finished
+
+
+def log_path(sweep: Sweep, p: Point) -> Path:
+    return sweep.root / "logs" / p.run_dir.relative_to(sweep.root).with_suffix(".log")
+
+
+def train_task(args: list[str], log: str, stop_file: str) -> dict:
+    """Body of one Ray task: `vidt train ARGS`, stderr to `log`. When `stop_file` appears (the
+    sweep was interrupted; it lives in the sweep's root, which every node sees) or a Ray
+    cancel lands, the run gets SIGINT, writes its checkpoint and stops."""
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with open(log, "a") as err:
+        err.write(f"\n$ vidt train {' '.join(args)}\n")
+        err.flush()
+        # SIGINT if this worker dies (Ray shutdown, a lost node): the run checkpoints and
+        # stops instead of going on unseen and holding its directory's lock.
+        proc = subprocess.Popen([sys.executable, "-m", "vidt.cli.main", "train", *args],
+                                stdout=subprocess.PIPE, stderr=err, text=True,
+                                preexec_fn=die_with_parent(signal.SIGINT))
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if os.path.exists(stop_file):
+                        raise KeyboardInterrupt from None
+            out = proc.stdout.read()  # one JSON line: never fills the pipe
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            return {"status": "interrupted", "seconds": time.monotonic() - t0}
+    if proc.returncode == 130:
+        return {"status": "interrupted", "seconds": time.monotonic() - t0}
+    if proc.returncode != 0:
+        return {"status": "failed", "seconds": time.monotonic() - t0,
+                "detail": f"vidt train exited with {proc.returncode}"}
+    return {"status": "finished", "seconds": time.monotonic() - t0, "summary": out.strip()}
+
+
+def write_index(sweep: Sweep) -> None:
+    """ROOT/sweep.json: each run directory's grid point, for `vidt report`."""
+    sweep.root.mkdir(parents=True, exist_ok=True)
+    runs = {str(p.run_dir.relative_to(sweep.root)): {
+        "env_id": p.dataset.env_id, "dataset": p.dataset.name, "algo": p.algo,
+        "variant": p.variant, "sets": list(p.sets), "seed": p.seed} for p in sweep.points}
+    data = json.dumps({"sweep_file": str(sweep.file), "runs": runs}, indent=1)
+    tmp = sweep.root / ".sweep.json.tmp"
+    tmp.write_text(data)
+    os.replace(tmp, sweep.root / "sweep.json")
+
+
+def collect_missing(sweep: Sweep, echo: Callable[[str], None]) -> None:
+    """Collect each dataset the sweep makes itself and does not have yet (`vidt collect`)."""
+    for d in sweep.datasets:
+        if d.collect is None or Path(d.path).exists():
+            continue
+        c = d.collect
+        echo(f"collecting {d.env_id} {d.name}: {c['steps']} steps, policy {c['policy']}, "
+             f"seed {c['seed']} -> {d.path}")
+        cmd = [sys.executable, "-m", "vidt.cli.main", "collect", "--env", d.env_id, "--policy",
+               str(c["policy"]), "--steps", str(c["steps"]), "--seed", str(c["seed"]), "--out",
+               d.path, "--no-progress"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise VidtError(f"collecting {d.env_id} {d.name} failed: "
+                            f"{res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+
+
+def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int | None = None,
+              echo: Callable[[str], None] = print) -> SweepResult:
+    """Run every unfinished point of `sweep` as a Ray task; returns what became of each."""
+    import ray
+
+    result = SweepResult()
+    todo: list[Point] = []
+    for p in sweep.points:
+        if is_finished(p.run_dir):
+            result.outcomes.append(Outcome(p, "skipped"))
+        else:
+            todo.append(p)
+    write_index(sweep)
+    stop_file = sweep.root / STOP_FILE
+    stop_file.unlink(missing_ok=True)  # left by an earlier interrupted sweep
+    if not todo:
+        echo(f"all {len(sweep.points)} runs have finished; nothing to do")
+        return result
+    collect_missing(sweep, echo)
+    from .spec import check
+
+    check(sweep)  # the collected datasets too
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=os.cpu_count(), num_gpus=_local_gpus(), **kwargs)
+    running: dict = {}  # ObjectRef -> (point, start)
+    queue: list[Point] = []
+    try:
+        task = ray.remote(train_task).options(num_cpus=sweep.cpus, num_gpus=sweep.gpus,
+                                              max_retries=0)
+        # Submit no more than can run at once, so "start" means started and Ctrl-C has little
+        # queued work to cancel.
+        fit = int(ray.cluster_resources().get("CPU", 1) // sweep.cpus)
+        if sweep.gpus > 0:
+            fit = min(fit, int(ray.cluster_resources().get("GPU", 0) // sweep.gpus))
+        if fit < 1:
+            raise VidtError(f"no node of this Ray cluster has {sweep.cpus:g} CPU and "
+                            f"{sweep.gpus:g} GPU free for one run: lower [resources]")
+        cap = min(max_concurrent or fit, fit)
+        queue.extend(todo)
+        durations: list[float] = []
+        t0 = time.monotonic()
+
+        def submit():
+            while queue and len(running) < cap:
+                p = queue.pop(0)
+                resume = (p.run_dir / "config.json").exists()
+                ref = task.remote(sweep.train_args(p, resume), str(log_path(sweep, p)),
+                                  str(stop_file))
+                running[ref] = (p, time.monotonic())
+                echo(f"start  {p.name}{' (resuming)' if resume else ''}; curve: "
+                     f"{p.run_dir / 'learning_curve.png'}")
+
+        submit()
+        while running:
+            # Short waits: Ctrl-C (a Python signal handler) only runs between them.
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                p, _start = running.pop(ref)
+                try:
+                    r = ray.get(ref)
+                except Exception as e:  # a task that could not run at all
+                    r = {"status": "failed", "seconds": 0.0, "detail": f"{type(e).__name__}: {e}"}
+                o = Outcome(p, r["status"], r["seconds"], log_path(sweep, p), r.get("detail", ""))
+                result.outcomes.append(o)
+                if o.status == "finished":
+                    durations.append(o.seconds)
+                    echo(f"done   {p.name} in {o.seconds:.0f} s")
+                else:
+                    echo(f"{o.status.upper()} {p.name}: {o.detail}; log: {o.log}")
+            submit()
+            if ready:
+                echo(_progress(result, len(running), len(queue), durations, cap, t0))
+    except KeyboardInterrupt:
+        result.interrupted = True
+        echo(f"interrupted: stopping {len(running)} run(s), each writes a checkpoint ...")
+        stop_file.touch()
+        for ref, (p, _start) in running.items():
+            try:
+                status = ray.get(ref, timeout=300)["status"]
+            except Exception:  # cancelled before it started, or it ended with the cancel
+                status = "interrupted"
+            result.outcomes.append(Outcome(p, status, log=log_path(sweep, p)))
+        _wait_released([p for p, _ in running.values()], echo)
+        for p in queue:
+            result.outcomes.append(Outcome(p, "interrupted"))
+        stop_file.unlink(missing_ok=True)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return result
+
+
+def _wait_released(points: list[Point], echo, timeout: float = 300.0) -> None:
+    """Until no `vidt train` holds these runs' directories (their checkpoints are written),
+    as far as this machine can see: Ray reports a cancelled task before its process is done."""
+    from vidt.train.checkpoint import training_pid
+
+    deadline = time.monotonic() + timeout
+    busy = [p for p in points if training_pid(p.run_dir)]
+    while busy and time.monotonic() < deadline:
+        time.sleep(0.2)
+        busy = [p for p in busy if training_pid(p.run_dir)]
+    for p in busy:
+        echo(f"{p.run_dir} is still held by pid {training_pid(p.run_dir)}")
+
+
+def _progress(result: SweepResult, running: int, left: int, durations: list[float], cap: int,
+              t0: float) -> str:
+    done = result.count("finished") + result.count("skipped")
+    eta = ""
+    if durations:
+        per = sum(durations) / len(durations)
+        slots = max(1, min(cap, running + left))
+        eta = f", ETA ~{per * (running + left) / slots / 60:.0f} min"
+    return (f"progress: {done} done, {running} running, {result.count('failed')} failed, "
+            f"{left} waiting ({time.monotonic() - t0:.0f} s{eta})")
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
