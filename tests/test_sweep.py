@@ -178,3 +178,19 @@ def test_bad_sweep_files_are_refused_in_one_line(run_cli, tmp_path, text, messag
     assert message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not Path("R").exists()  # nothing was started
+
+
+def test_dry_run_lists_the_runs_and_collects_nothing(run_cli, tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text(f'root = "{tmp_path / "root"}"\n[resources]\ncpus = 0.5\ngpus = 0.25\n'
+                 '[[datasets]]\nenv = "Pendulum-v1"\nname = "random-1k"\n'
+                 'collect = { policy = "random", steps = 1000 }\n'
+                 '[grid]\nalgos = ["vidt", "td3"]\nseeds = [3]\n'
+                 '[grid.variants]\n"" = []\n"wide critic" = ["model.critic_hidden=512"]\n')
+    r = run_cli("sweep", str(f), "--dry-run")
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:2] == [f"new      {tmp_path}/root/Pendulum-v1-random-1k/vidt/s3",
+                         f"new      {tmp_path}/root/Pendulum-v1-random-1k/vidt-wide_critic/s3"]
+    assert lines[-1] == "4 runs; each: 0.5 CPU, 0.25 GPU"
+    assert not (tmp_path / "root").exists()

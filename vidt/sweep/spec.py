@@ -210,7 +210,7 @@ def check(sweep: Sweep) -> None:
 
     done = set()
     for p in sweep.points:
-        key = (p.dataset, p.algo, p.variant)
+        key = (p.dataset.env_id, p.dataset.name, p.algo, p.variant)
         if key in done:
             continue
         done.add(key)
