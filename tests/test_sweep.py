@@ -194,3 +194,22 @@ def test_dry_run_lists_the_runs_and_collects_nothing(run_cli, tmp_path):
                          f"new      {tmp_path}/root/Pendulum-v1-random-1k/vidt-wide_critic/s3"]
     assert lines[-1] == "4 runs; each: 0.5 CPU, 0.25 GPU"
     assert not (tmp_path / "root").exists()
+
+
+def test_datasets_a_sweep_collects_are_made_once_and_then_checked(tmp_path):
+    from vidt.sweep.run import collect_missing
+    from vidt.sweep.spec import check, parse
+
+    f = tmp_path / "s.toml"
+    f.write_text(f'root = "{tmp_path / "root"}"\n[[datasets]]\nenv = "Pendulum-v1"\n'
+                 'name = "r"\ncollect = { policy = "random", steps = 400, seed = 2 }\n'
+                 '[grid]\nalgos = ["odt"]\nseeds = [0]\n')
+    spec = parse(f)
+    said = []
+    collect_missing(spec, said.append)
+    data = tmp_path / "root" / "data" / "Pendulum-v1-r"
+    assert said == [f"collecting Pendulum-v1 r: 400 steps, policy random, seed 2 -> {data}"]
+    assert data.is_dir()
+    check(spec)  # the dataset loads and fits the env
+    collect_missing(spec, said.append)  # there already: nothing more
+    assert len(said) == 1

@@ -126,7 +126,7 @@ def collect_missing(sweep: Sweep, echo: Callable[[str], None]) -> None:
              f"seed {c['seed']} -> {d.path}")
         cmd = [sys.executable, "-m", "vidt.cli.main", "collect", "--env", d.env_id, "--policy",
                str(c["policy"]), "--steps", str(c["steps"]), "--seed", str(c["seed"]), "--out",
-               d.path, "--no-progress"]
+               d.path, "--json"]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise VidtError(f"collecting {d.env_id} {d.name} failed: "
