@@ -128,3 +128,47 @@ def test_act_last_equals_the_full_forwards_last_step():
                     enc_last = m.encode_last(s, a, r, mask, ts)
                 torch.testing.assert_close(last, full, atol=1e-6, rtol=1e-5)
                 torch.testing.assert_close(enc_last, enc, atol=1e-5, rtol=1e-5)
+
+
+def _encode_every_token(m, s, a, r, mask, ts=None):
+    """The plain path: every token through every block, then the s_t tokens read out."""
+    from vidt.model.dt import attention_mask
+
+    B, K, _ = s.shape
+    x = m._tokens(s, a, r, ts)
+    allowed = attention_mask(mask.repeat_interleave(3, dim=1))
+    for block in m.blocks:
+        x = block(x, allowed)
+    return m.ln_f(x).reshape(B, K, 3, -1)[:, :, 1]
+
+
+def test_state_tokens_only_last_block_equals_every_token_and_its_gradients():
+    """encode() runs the last block for the K s_t tokens only (what the actor step, the TD
+    target and ODT's likelihood read): the hidden states and the gradients they send back to
+    every weight equal the plain path's on real tokens."""
+    for stochastic in (False, True):
+        for te in (False, True):
+            for n_layer in (1, 3):
+                torch.manual_seed(n_layer)
+                m = DecisionTransformer(SPEC, ModelConfig(
+                    context_len=5, d_model=16, n_layer=n_layer, n_head=2, dropout=0.0,
+                    stochastic=stochastic, timestep_embedding=te)).eval()
+                for pad in (0, 3):
+                    s, a, r, mask = _inputs(B=6, K=5, pad=pad, seed=pad + 7)
+                    ts = (torch.arange(5)[None] + torch.randint(0, 50, (6, 1))) * mask.long()
+                    real = mask.bool()
+                    got = m.encode(s, a, r, mask, ts)
+                    want = _encode_every_token(m, s, a, r, mask, ts)
+                    assert got.shape == want.shape == (6, 5, 16)
+                    torch.testing.assert_close(got[real], want[real], atol=1e-6, rtol=1e-5)
+                    w = torch.randn(16)
+                    grads = []
+                    for h in (got, want):
+                        m.zero_grad()
+                        (h[real] @ w).square().mean().backward(retain_graph=True)
+                        grads.append({n: p.grad.clone() for n, p in m.named_parameters()
+                                      if p.grad is not None})
+                    assert grads[0].keys() == grads[1].keys() and grads[0]
+                    for n in grads[0]:
+                        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6,
+                                                   rtol=1e-5, msg=n)

@@ -74,3 +74,41 @@ def test_bf16_switch_matches_the_plain_path_on_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bf16_switch_matches_the_plain_path_on_cuda():
     _compare(_run("cuda", amp_bf16=True), _run("cuda"), act_tol=1e-2, q_tol=0.1)
+
+
+def test_bf16_td_target_stays_far_inside_the_smoothing_noise():
+    """`bf16_td_target`: only the TD target's no-grad forward runs in bf16. On a learner
+    trained for a while, the target actions differ from fp32's by far less than the 0.2
+    smoothing noise added to them, and the targets y by far less than that noise moves y."""
+    from dataclasses import replace
+
+    over = {"device": "cpu", "model.dropout": 0.0, "data.batch_size": 64,
+            "optim.actor_lr": 1e-3, "optim.critic_lr": 1e-3, "optim.warmup_steps": 1}
+    cfg = resolve("Pendulum-v1", "vidt", "small", overrides=over)
+    torch.manual_seed(0)
+    L = Learner(cfg, ModelSpec(S, A), np.zeros(S), np.ones(S), -np.ones(A), np.ones(A), "cpu")
+    sampler = SegmentSampler(_episodes(), cfg.model.context_len, cfg.data.reward_scale)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(1)
+    for _ in range(20):
+        L.update(sampler, rng, rl=True)
+    batch = L.batch(sampler, 128, np.random.default_rng(7))
+    m = batch.mask.bool()
+    with torch.no_grad():
+        a32 = L.actor_target(*batch.target_inputs())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            a16 = L.actor_target(*batch.target_inputs()).float()
+    act_err = (a16 - a32).abs()[m].max().item()
+    ys = []
+    for switch in (False, True):
+        L.cfg = replace(cfg, bf16_td_target=switch)
+        torch.manual_seed(3)  # the same smoothing noise for both
+        ys.append(L.td_targets(batch))
+    L.cfg = cfg
+    y_err = (ys[1] - ys[0]).abs()[m]
+    spread = torch.stack([L.td_targets(batch) for _ in range(16)]).std(0)[m]  # the noise's
+    noise = cfg.loss.policy_noise  # 0.2
+    assert 0 < act_err < noise / 10, act_err
+    assert 0 < y_err.mean() < spread.mean() / 5, (y_err.mean(), spread.mean())
+    print(f"bf16 TD target: max target-action error {act_err:.4f} (noise {noise}); mean |dy| "
+          f"{y_err.mean():.5f} vs the noise's spread of y {spread.mean():.5f}")

@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+STATE_TOKENS = slice(1, None, 3)  # positions of the s_t tokens among (R_t, s_t, a_t)
+LAST_TOKEN = slice(-1, None)
 
 
 @dataclass(frozen=True)
@@ -69,15 +71,15 @@ class SelfAttention(nn.Module):
         self.attn_drop = nn.Dropout(dropout)
         self.resid_drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """(B, T, d) -> (B, T, d); with last_only, the last token's output only, (B, 1, d), and
-        allowed is that token's row (B, 1, 1, T): keys and values of every token, one query.
-        (One qkv product for all tokens even then: slicing the weight instead would copy it
-        on every call in onnxruntime, which does not fold slices of initializers.)"""
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d); with rows, the outputs of those tokens only, (B, Tq, d), and
+        allowed holds those tokens' rows (B, 1, Tq, T): keys and values of every token, queries
+        of some. (One qkv product for all tokens even then: slicing the weight instead would
+        copy it on every call in onnxruntime, which does not fold slices of initializers.)"""
         B, T, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)  # each (B, T, d)
-        if last_only:
-            q = q[:, -1:]  # (B, 1, d)
+        if rows is not None:
+            q = q[:, rows]  # (B, Tq, d)
         Tq = q.shape[1]
         q = q.view(B, Tq, self.n_head, d // self.n_head).transpose(1, 2)  # (B, h, Tq, d/h)
         k, v = (t.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for t in (k, v))
@@ -103,9 +105,10 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), allowed)
         return x + self.mlp(self.ln2(x))
 
-    def forward_last(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """forward(x, ...)[:, -1:] without computing the other tokens' outputs."""
-        x = x[:, -1:] + self.attn(self.ln1(x), allowed, last_only=True)  # (B, 1, d)
+    def forward_rows(self, x: torch.Tensor, allowed: torch.Tensor, rows: slice) -> torch.Tensor:
+        """forward(x, allowed)[:, rows] without computing the other tokens' outputs: every
+        token's keys and values, but queries, projection and MLP for `rows` only."""
+        x = x[:, rows] + self.attn(self.ln1(x), allowed[:, :, rows], rows)  # (B, Tq, d)
         return x + self.mlp(self.ln2(x))
 
 
@@ -135,13 +138,14 @@ class DecisionTransformer(nn.Module):
         mask: torch.Tensor,  # (B, K) 1 = real step, 0 = left padding
         timesteps: torch.Tensor | None = None,  # (B, K) long, only with timestep_embedding
     ) -> torch.Tensor:
-        B, K, _ = states.shape
         x = self._tokens(states, actions, rtg, timesteps)  # (B, 3K, d)
         allowed = attention_mask(mask.repeat_interleave(3, dim=1))  # (B, 1, 3K, 3K)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, allowed)
-        x = self.ln_f(x).reshape(B, K, 3, -1)  # (B, K, 3, d)
-        return x[:, :, 1]  # (B, K, d): hidden state of each s_t token
+        # Only the s_t tokens are read: the last block computes their outputs alone (~1/8 of
+        # a forward's arithmetic at 4 layers), from every token's keys and values.
+        x = self.blocks[-1].forward_rows(x, allowed, STATE_TOKENS)  # (B, K, d)
+        return self.ln_f(x)  # (B, K, d): hidden state of each s_t token
 
     def encode_last(self, states, actions, rtg, mask, timesteps=None) -> torch.Tensor:
         """encode(...)[:, -1], the last s_t token's hidden state (B, d), for acting: the last
@@ -151,7 +155,7 @@ class DecisionTransformer(nn.Module):
         allowed = attention_mask(mask.repeat_interleave(3, dim=1)[:, :-1])  # (B, 1, 3K-1, 3K-1)
         for block in self.blocks[:-1]:
             x = block(x, allowed)
-        x = self.blocks[-1].forward_last(x, allowed[:, :, -1:])  # (B, 1, d)
+        x = self.blocks[-1].forward_rows(x, allowed, LAST_TOKEN)  # (B, 1, d)
         return self.ln_f(x)[:, 0]  # (B, d)
 
     def _tokens(self, states, actions, rtg, timesteps) -> torch.Tensor:

@@ -169,6 +169,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto: cuda when available
     amp_bf16: bool = False  # bf16 autocast, CUDA or CPU (opt-in; equal within tolerance)
+    # bf16 autocast for the TD target's no-grad forward alone (target actor and critic): its
+    # error is far below the 0.2 smoothing noise added to the target action (opt-in).
+    bf16_td_target: bool = False
     compile: bool = False  # torch.compile the transformer (opt-in)
     threads: int = 0  # torch CPU threads; 0 = torch's default. Tiny models run best on 1.
     model: ModelSection = None  # type: ignore[assignment]  (required: see the docstring)

@@ -72,8 +72,9 @@ class Learner:
         self.actor_updates = 0
         self.critic_updates = 0
 
-    def _autocast(self):
-        if self.cfg.amp_bf16:  # matrix products in bf16, weights and optimiser state in fp32
+    def _autocast(self, td_target: bool = False):
+        # Matrix products in bf16, weights and optimiser state in fp32.
+        if self.cfg.amp_bf16 or (td_target and self.cfg.bf16_td_target):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -85,7 +86,7 @@ class Learner:
     def td_targets(self, batch: Batch) -> torch.Tensor:
         """y for every token of `batch` from the target actor and target critic. (B, K)"""
         lc = self.cfg.loss
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self._autocast(td_target=True):
             return td_target(batch, self.actor_target, self.critic_target, lc.gamma,
                              lc.policy_noise, lc.noise_clip).float()
 
