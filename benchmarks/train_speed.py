@@ -23,6 +23,7 @@ efficiently as odt's own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import time
@@ -33,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vidt.data.episode import random_episodes
 from vidt.envs import env_dims
-from vidt.model.dt import ModelSpec
+from vidt.model.dt import DecisionTransformer, ModelSpec
 from vidt.train.algos import ALGORITHMS
 from vidt.train.buffer import SegmentSampler
 from vidt.train.config import parse_set, resolve
@@ -71,6 +72,18 @@ def time_updates(env_id: str, algo: str, preset: str, updates: int, device: str,
                 cfg.loss.actor_update_interval if cfg.algorithm.critic else 0,
             "timed_updates": updates, "s_per_actor_update": per_update,
             "s_per_iteration": per_update * cfg.online.updates_per_iter}
+
+
+@contextlib.contextmanager
+def plain_encode():
+    """Time the plain path: every token through the last block (what encode() did before it
+    computed the s_t tokens alone), for a side-by-side comparison."""
+    cut = DecisionTransformer.encode
+    DecisionTransformer.encode = DecisionTransformer.encode_every_token
+    try:
+        yield
+    finally:
+        DecisionTransformer.encode = cut
 
 
 def time_phases(L: Learner, sampler, rng, updates: int, device: str) -> dict:
@@ -122,6 +135,8 @@ def main():
     ap.add_argument("--width", type=int, default=None, help="override model.d_model")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run, e.g. amp_bf16=true")
+    ap.add_argument("--compare-plain", action="store_true",
+                    help="also time vidt and odt with every token through the last block")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -138,22 +153,43 @@ def main():
         flop_ratio = res["vidt"]["gflop_per_update"] / res["odt"]["gflop_per_update"]
         for r in res.values():
             r["vidt_over_odt"], r["flop_vidt_over_odt"] = ratio, flop_ratio
+            r["path"] = "s_t only"
             rows.append(r)
+        if args.compare_plain:
+            with plain_encode():
+                plain = {algo: time_updates(args.env, algo, preset, updates, args.device,
+                                            warmup, args.width, sets) for algo in ("vidt", "odt")}
+            ratio = plain["vidt"]["s_per_actor_update"] / plain["odt"]["s_per_actor_update"]
+            flop_ratio = plain["vidt"]["gflop_per_update"] / plain["odt"]["gflop_per_update"]
+            for algo, r in plain.items():
+                r["vidt_over_odt"], r["flop_vidt_over_odt"] = ratio, flop_ratio
+                r["path"] = "plain"
+                r["cut_time_over_plain"] = (res[algo]["s_per_actor_update"]
+                                            / r["s_per_actor_update"])
+                r["cut_flop_over_plain"] = res[algo]["gflop_per_update"] / r["gflop_per_update"]
+                rows.append(r)
     if args.json:
         print(json.dumps({"machine": platform.processor() or platform.machine(),
                           "threads": torch.get_num_threads(), "rows": rows}, indent=2))
         return
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.env}, {dev}" + "".join(f", {k}={v}" for k, v in sets.items()))
-    print(f"{'preset':7} {'algo':5} {'width':>5} {'K':>3} {'batch':>5} {'timed':>5} {'s/actor upd':>11} "
-          f"{'s/iteration':>11} {'GFLOP/upd':>9} {'vidt/odt':>8} {'in FLOPs':>8}")
+    print(f"{'preset':7} {'algo':5} {'path':8} {'width':>5} {'K':>3} {'batch':>5} {'timed':>5} "
+          f"{'s/actor upd':>11} {'s/iteration':>11} {'GFLOP/upd':>9} {'vidt/odt':>8} "
+          f"{'in FLOPs':>8}")
     for r in rows:
-        print(f"{r['preset']:7} {r['algo']:5} {r['d_model']:5d} {r['K']:3d} {r['batch']:5d} "
-              f"{r['timed_updates']:5d} {r['s_per_actor_update']:11.4f} {r['s_per_iteration']:11.2f} "
-              f"{r['gflop_per_update']:9.2f} {r['vidt_over_odt']:8.2f} {r['flop_vidt_over_odt']:8.2f}")
+        print(f"{r['preset']:7} {r['algo']:5} {r['path']:8} {r['d_model']:5d} {r['K']:3d} "
+              f"{r['batch']:5d} {r['timed_updates']:5d} {r['s_per_actor_update']:11.4f} "
+              f"{r['s_per_iteration']:11.2f} {r['gflop_per_update']:9.2f} "
+              f"{r['vidt_over_odt']:8.2f} {r['flop_vidt_over_odt']:8.2f}")
+    for r in rows:
+        if "cut_time_over_plain" in r:
+            print(f"{r['preset']} {r['algo']}: the s_t-only last block takes "
+                  f"{r['cut_time_over_plain']:.3f}x the plain path's time and "
+                  f"{r['cut_flop_over_plain']:.3f}x its FLOPs")
     for r in rows:
         ph = r["phases_s"]
-        if r["algo"] != "vidt" or not ph:
+        if r["algo"] != "vidt" or r["path"] != "s_t only" or not ph:
             continue
         floor = 1 + ph["td_targets"] / ph["actor_step"]
         print(f"vidt at {r['preset']} (width {r['d_model']}), s per update: "

@@ -130,18 +130,6 @@ def test_act_last_equals_the_full_forwards_last_step():
                 torch.testing.assert_close(enc_last, enc, atol=1e-5, rtol=1e-5)
 
 
-def _encode_every_token(m, s, a, r, mask, ts=None):
-    """The plain path: every token through every block, then the s_t tokens read out."""
-    from vidt.model.dt import attention_mask
-
-    B, K, _ = s.shape
-    x = m._tokens(s, a, r, ts)
-    allowed = attention_mask(mask.repeat_interleave(3, dim=1))
-    for block in m.blocks:
-        x = block(x, allowed)
-    return m.ln_f(x).reshape(B, K, 3, -1)[:, :, 1]
-
-
 def test_state_tokens_only_last_block_equals_every_token_and_its_gradients():
     """encode() runs the last block for the K s_t tokens only (what the actor step, the TD
     target and ODT's likelihood read): the hidden states and the gradients they send back to
@@ -158,7 +146,7 @@ def test_state_tokens_only_last_block_equals_every_token_and_its_gradients():
                     ts = (torch.arange(5)[None] + torch.randint(0, 50, (6, 1))) * mask.long()
                     real = mask.bool()
                     got = m.encode(s, a, r, mask, ts)
-                    want = _encode_every_token(m, s, a, r, mask, ts)
+                    want = m.encode_every_token(s, a, r, mask, ts)
                     assert got.shape == want.shape == (6, 5, 16)
                     torch.testing.assert_close(got[real], want[real], atol=1e-6, rtol=1e-5)
                     w = torch.randn(16)

@@ -147,6 +147,16 @@ class DecisionTransformer(nn.Module):
         x = self.blocks[-1].forward_rows(x, allowed, STATE_TOKENS)  # (B, K, d)
         return self.ln_f(x)  # (B, K, d): hidden state of each s_t token
 
+    def encode_every_token(self, states, actions, rtg, mask, timesteps=None) -> torch.Tensor:
+        """encode() the plain way, every token through every block: the reference the cut in
+        encode() is tested and timed against. Same inputs and output."""
+        B, K, _ = states.shape
+        x = self._tokens(states, actions, rtg, timesteps)  # (B, 3K, d)
+        allowed = attention_mask(mask.repeat_interleave(3, dim=1))
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.ln_f(x).reshape(B, K, 3, -1)[:, :, 1]  # (B, K, d)
+
     def encode_last(self, states, actions, rtg, mask, timesteps=None) -> torch.Tensor:
         """encode(...)[:, -1], the last s_t token's hidden state (B, d), for acting: the last
         a_t token comes after it (causal: never attended) and is left out, and the last
