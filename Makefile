@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 
-.PHONY: install test lint proto bench soak demo clean
+.PHONY: install test lint proto bench soak demo clean gpu-check gpu-wheels
 
 SOAK_SECONDS ?= 600
 
@@ -37,6 +37,23 @@ bench: $(STAMP)
 # A longer load and fault run against a real server; not part of CI.
 soak: $(STAMP)
 	PYTHONPATH=tests:tests/reliability $(BIN)/python scripts/soak.py --duration $(SOAK_SECONDS)
+
+# Everything CUDA in one call (scripts/gpu_check.py); on a machine without CUDA: one line, exit 0.
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py
+
+# Python 3.12 wheels of what the borrowed GPU machine lacks (it has its own CUDA torch and
+# numpy), into .gpu-wheels/ (~55 MB) to travel with the tree; there, before the check:
+#   pip install --no-index --no-deps .gpu-wheels/*.whl && pip install --no-deps -e .
+GPU_WHEELS := gymnasium farama-notifications cloudpickle mujoco mujoco-core glfw absl-py \
+	etils minari h5py onnx ml-dtypes pytest pluggy iniconfig pytest-timeout click tqdm \
+	tensorboard tensorboard-data-server markdown werkzeug matplotlib contourpy cycler \
+	fonttools kiwisolver pyparsing pillow python-dateutil prometheus-client
+gpu-wheels: $(STAMP)
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform any -d .gpu-wheels $(GPU_WHEELS)
+	@du -sh .gpu-wheels
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

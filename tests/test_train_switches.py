@@ -72,6 +72,12 @@ def test_bf16_switch_matches_the_plain_path_on_cpu():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.timeout(600)
+def test_compile_switch_matches_the_plain_path_on_cuda():
+    _compare(_run("cuda", compile=True), _run("cuda"), act_tol=1e-3, q_tol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bf16_switch_matches_the_plain_path_on_cuda():
     _compare(_run("cuda", amp_bf16=True), _run("cuda"), act_tol=1e-2, q_tol=0.1)
 
