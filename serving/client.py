@@ -186,8 +186,12 @@ class PolicyClient:
         deadline = time.monotonic() + self.failover_timeout_s
         delay = self.backoff_s
         while True:
-            log.warning("%s: %s; resuming %d session(s) through %s", error.method,
-                        error.code.name, len(sessions), self.address)
+            if sessions:
+                log.warning("%s: %s; resuming %d session(s) through %s", error.method,
+                            error.code.name, len(sessions), self.address)
+            else:
+                log.info("%s: %s; trying again through %s", error.method, error.code.name,
+                         self.address)
             try:
                 for s in sessions:
                     s.resume()
@@ -233,7 +237,9 @@ class Session:
         req = pb.CreateSessionRequest()
         if target_return is not None:
             req.target_return = float(target_return)
-        r = client.call("CreateSession", req)
+        # Through a proxy, a replica that is draining refuses new sessions until the proxy
+        # has taken it out (about a second): with failover on, keep asking.
+        r = client.with_failover([], lambda: client.call("CreateSession", req))
         self.id: str = r.session_id
         self.target_return: float = r.target_return
         self.context_length: int = r.context_length

@@ -349,7 +349,7 @@ def test_metrics(server, client):
 def test_draining_refuses_new_sessions_and_lets_open_ones_finish(policy):
     obs, _ = episode(n=3)
     with running_server(policy, metrics_port=0) as srv, \
-            PolicyClient(srv.address, retries=0) as c:
+            PolicyClient(srv.address, retries=0, failover=False) as c:
         assert ready_status(srv) == (200, "SERVING")
         s = c.session()
         s.act(obs[0])

@@ -196,7 +196,7 @@ def test_sigterm_under_load_finishes_episodes_refuses_new_ones_exits_0(tiny_mode
         t_term = time.monotonic()
         fuzz_counts["fault: SIGTERM under load"] += 1
         assert wait_until(lambda: health_status(srv.address) == "NOT_SERVING", timeout=10)
-        with PolicyClient(srv.address, retries=0) as c:
+        with PolicyClient(srv.address, retries=0, failover=False) as c:
             with pytest.raises(ServerError, match="draining") as e:
                 c.session()
             assert e.value.code.name == "UNAVAILABLE"
