@@ -213,3 +213,36 @@ def test_datasets_a_sweep_collects_are_made_once_and_then_checked(tmp_path):
     check(spec)  # the dataset loads and fits the env
     collect_missing(spec, said.append)  # there already: nothing more
     assert len(said) == 1
+
+
+def test_without_ray_the_sweep_says_how_to_get_it(run_cli, tmp_path, monkeypatch):
+    f, _ = sweep_file(tmp_path, "noray")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    r = run_cli("sweep", str(f))
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "Error: vidt sweep needs Ray: pip install 'vidt[sweep]'"
+
+
+def test_report_keeps_runs_still_going_apart(reference, tmp_path, run_cli):
+    import shutil
+
+    ref_root, _ = reference
+    root = tmp_path / "copy"
+    shutil.copytree(ref_root, root, ignore=shutil.ignore_patterns("report", "tb", "*.pt"))
+    going = root / "vidt-OneState-v0-builtin" / "odt" / "s1" / "metrics.csv"
+    lines = going.read_text().splitlines()
+    going.write_text("\n".join(lines[:4]) + "\n")  # stopped after a few evaluations
+    r = run_cli("report", str(root), "--json", "--reps", "200")
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert (s["runs"], s["finished"]) == (4, 3)
+    assert s["running"] == [str(going.parent)]
+    odt = next(row for row in s["per_task"] if row["method"] == "odt")
+    assert (odt["seeds"], odt["running"]) == (1, 1)
+    assert next(a for a in s["aggregate"] if a["method"] == "odt")["runs_per_task"] == 1
+    md = (root / "report" / "report.md").read_text()
+    assert "## Still running (not in the statistics)" in md and str(going.parent) in md
+    assert run_cli("report", str(tmp_path / "nothing-here")).exit_code == 1
+    (tmp_path / "empty").mkdir()
+    empty = run_cli("report", str(tmp_path / "empty"))
+    assert empty.exit_code == 1 and "no runs with an evaluation yet" in empty.stderr
