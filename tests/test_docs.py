@@ -182,11 +182,12 @@ def test_serving_doc_replicas_behind_haproxy(tmp_path):
     run_eval = cut(block("docs/serving.md", "vidt eval --server 127.0.0.1:50051"),
                    ("127.0.0.1:50051", f"127.0.0.1:{port}"))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    from vidt.procs import die_with_parent
+    from vidt.procs import with_parent
 
-    proc = subprocess.Popen(["bash", "-c", "exec " + start.split("#")[0].strip()], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=die_with_parent(signal.SIGINT))  # ends with pytest
+    proc = subprocess.Popen(with_parent(["bash", "-c", "exec " + start.split("#")[0].strip()],
+                                        signal.SIGINT),  # ends with pytest
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
         for line in proc.stdout:  # the script prints its addresses once all is up

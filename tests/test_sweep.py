@@ -5,6 +5,7 @@ point reported while the others finish, and bad sweep files refused in one line.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -15,7 +16,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("ray", reason="vidt sweep needs Ray (pip install 'vidt[sweep]')")
+# find_spec, not import: importing Ray here would load it (and its fork handlers) into the
+# whole test process.
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                 reason="vidt sweep needs Ray (pip install 'vidt[sweep]')"),
+              pytest.mark.timeout(900)]  # a 2x2 grid of real runs on 2 busy cores
 
 GRID = """
 root = "{root}"

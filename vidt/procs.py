@@ -1,26 +1,40 @@
-"""Child processes that never outlive the process that started them."""
+"""Child processes that never outlive the process that started them.
+
+    subprocess.Popen(with_parent([...]))       # the child gets SIGTERM when this process dies
+
+Linux only (prctl PR_SET_PDEATHSIG); elsewhere the command runs as it is. Done by a small
+`python -m vidt.procs` step that sets it up in the child and then execs the command, rather
+than with Popen's `preexec_fn`, which is not safe in a process with threads (the tests', and
+Ray's workers): the fork child may deadlock or crash in Python code run before the exec.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 
-def die_with_parent(sig: int = signal.SIGTERM):
-    """A `preexec_fn` for subprocess.Popen: on Linux the child gets `sig` when its parent
-    dies (however it dies), so a killed launcher leaves no server, proxy or trainer running
-    on its own; and the child handles `sig` as by default even if the parent ignores or
-    blocks it."""
+def with_parent(cmd: list[str], sig: int = signal.SIGTERM) -> list[str]:
+    """`cmd` prefixed so that it gets `sig` when the calling process dies (however it dies),
+    and handles `sig` as by default even if this process ignores or blocks it (Ray's
+    workers block SIGINT, which their children would otherwise inherit)."""
+    if not sys.platform.startswith("linux"):
+        return list(cmd)
+    return [sys.executable, "-m", "vidt.procs", str(int(sig)), *cmd]
 
-    def preexec() -> None:
-        # A parent that ignores or blocks the signal (Ray's workers do, for SIGINT) passes
-        # that on to its children: a child Python would never see it. Undo both.
-        signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
-        if sys.platform.startswith("linux"):
-            import ctypes
 
-            PR_SET_PDEATHSIG = 1
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig))
+def _exec(sig: int, cmd: list[str]) -> None:
+    import ctypes
 
-    return preexec
+    signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+    if os.getppid() == 1:  # the parent died before prctl: do not start at all
+        sys.exit(1)
+    os.execvp(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    _exec(int(sys.argv[1]), sys.argv[2:])

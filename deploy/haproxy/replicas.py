@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from vidt.procs import die_with_parent  # replicas and proxy end with this launcher
+from vidt.procs import with_parent  # replicas and proxy end with this launcher
 
 CONFIG = Path(__file__).with_name("haproxy.cfg")
 BACKEND = "vidt"
@@ -71,9 +71,8 @@ class Replica:
         log = open(self.log_dir / f"{self.name}-{self.starts}.log", "w")  # noqa: SIM115
         cmd = [sys.executable, "-m", "vidt.cli.main", "serve", "--model", self.model,
                "--port", str(self.port), "--metrics-port", str(self.metrics_port), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                     preexec_fn=die_with_parent())
+        self.proc = subprocess.Popen(with_parent(cmd), stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.close()  # the child holds its own descriptor
         return self
 
@@ -149,9 +148,9 @@ class Replicas:
             for r in self.replicas:
                 r.wait_ready(timeout)
             log = open(self.dir / "haproxy.log", "w")  # noqa: SIM115
-            self.haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(self.config)],
-                                            stdout=log, stderr=subprocess.STDOUT,
-                                            preexec_fn=die_with_parent())
+            self.haproxy = subprocess.Popen(with_parent(["haproxy", "-db", "-f",
+                                                         str(self.config)]),
+                                            stdout=log, stderr=subprocess.STDOUT)
             log.close()
             self.wait_up([r.name for r in self.replicas], timeout)
         except BaseException:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidt.errors import VidtError
-from vidt.procs import die_with_parent
+from vidt.procs import with_parent
 
 from .spec import Point, Sweep
 
@@ -77,9 +77,9 @@ def train_task(args: list[str], log: str, stop_file: str) -> dict:
         err.flush()
         # SIGINT if this worker dies (Ray shutdown, a lost node): the run checkpoints and
         # stops instead of going on unseen and holding its directory's lock.
-        proc = subprocess.Popen([sys.executable, "-m", "vidt.cli.main", "train", *args],
-                                stdout=subprocess.PIPE, stderr=err, text=True,
-                                preexec_fn=die_with_parent(signal.SIGINT))
+        proc = subprocess.Popen(with_parent([sys.executable, "-m", "vidt.cli.main", "train",
+                                             *args], signal.SIGINT),
+                                stdout=subprocess.PIPE, stderr=err, text=True)
         try:
             while True:
                 try:
