@@ -157,7 +157,7 @@ def test_serve_subprocess_drains_on_sigterm_and_port_is_exclusive(tiny_pendulum_
                                  str(port)], capture_output=True, text=True, timeout=60)
         assert second.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in second.stderr
 
-        with PolicyClient(address, token="tok-123", retries=0) as c:
+        with PolicyClient(address, token="tok-123", retries=0, failover=False) as c:
             s = c.session()
             s.act([1.0, 0.0, 0.0])
             proc.send_signal(signal.SIGTERM)

@@ -100,8 +100,13 @@ def test_an_interrupted_sweep_goes_on_without_redoing_and_ends_as_uninterrupted(
     ref_root, _ = reference
     f, root = sweep_file(tmp_path, "cut")
     # One run at a time, so that Ctrl-C lands after one run finished and inside the next.
-    proc = subprocess.Popen([sys.executable, "-m", "vidt.cli.main", "sweep", str(f),
-                             "--max-concurrent", "1"], stderr=subprocess.PIPE, text=True,
+    # (with_parent also gives it SIGINT's default handling: a test run started in the
+    # background, e.g. `make test &`, passes SIGINT on ignored.)
+    from vidt.procs import with_parent
+
+    proc = subprocess.Popen(with_parent([sys.executable, "-m", "vidt.cli.main", "sweep",
+                                         str(f), "--max-concurrent", "1"], signal.SIGINT),
+                            stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONHASHSEED": "0"})
     try:
         started = []

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,6 +166,10 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
             ray.init(num_cpus=os.cpu_count(), num_gpus=_local_gpus(), **kwargs)
     running: dict = {}  # ObjectRef -> (point, start)
     queue: list[Point] = []
+    # `kill PID` (SIGTERM) stops a sweep in the background as Ctrl-C does in a terminal.
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         task = ray.remote(train_task).options(num_cpus=sweep.cpus, num_gpus=sweep.gpus,
                                               max_retries=0)
@@ -226,9 +231,15 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
             result.outcomes.append(Outcome(p, "interrupted"))
         stop_file.unlink(missing_ok=True)
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         if started_here:
             ray.shutdown()
     return result
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _wait_released(points: list[Point], echo, timeout: float = 300.0) -> None:
