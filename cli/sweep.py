@@ -25,7 +25,8 @@ def sweep(sweep_file, address, max_concurrent, dry_run):
     with the file's [resources] (CPUs, fractional GPUs).
 
     The file is checked whole first (unknown keys, an empty grid, overrides the trainer would
-    refuse). Ctrl-C stops the sweep and every running run writes a checkpoint; running the
+    refuse). Ctrl-C (or `kill PID`, for a sweep in the background) stops the sweep and every
+    running run writes a checkpoint; running the
     same command again skips finished runs and resumes the others. The exit status is 0 when
     every run has finished, 1 when any failed (their logs are named), 130 when interrupted.
 
