@@ -214,7 +214,11 @@ def test_rolling_restart_of_every_replica_fails_no_episode(model, reference, tmp
         done.set()
         fleet.join()
         assert not fleet.errors, fleet.errors
-        assert fleet.failovers > 0
+        # Every client ran episodes until all three replicas had been restarted. (Episodes on a
+        # draining replica may finish there within its grace, or resume elsewhere: how many
+        # did which depends on timing, so fleet.failovers is not asserted.)
+        assert all(r.starts == 2 for r in cluster.replicas)
+        assert fleet.episodes >= N_ACT + N_BATCH_CLIENTS + N_STREAM
         # The last round of every episode (earlier rounds were overwritten the same way).
         np.testing.assert_array_equal(fleet.actions, reference)
 
