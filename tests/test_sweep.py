@@ -242,11 +242,13 @@ def test_report_keeps_runs_still_going_apart(reference, tmp_path, run_cli):
     going = root / "vidt-OneState-v0-builtin" / "odt" / "s1" / "metrics.csv"
     lines = going.read_text().splitlines()
     going.write_text("\n".join(lines[:4]) + "\n")  # stopped after a few evaluations
+    pretraining = root / "vidt-OneState-v0-builtin" / "vidt" / "s1" / "metrics.csv"
+    pretraining.write_text(pretraining.read_text().splitlines()[0] + "\n")  # no eval yet
     r = run_cli("report", str(root), "--json", "--reps", "200")
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
-    assert (s["runs"], s["finished"]) == (4, 3)
-    assert s["running"] == [str(going.parent)]
+    assert (s["runs"], s["finished"]) == (4, 2)
+    assert s["running"] == [str(going.parent), str(pretraining.parent)]
     odt = next(row for row in s["per_task"] if row["method"] == "odt")
     assert (odt["seeds"], odt["running"]) == (1, 1)
     assert next(a for a in s["aggregate"] if a["method"] == "odt")["runs_per_task"] == 1

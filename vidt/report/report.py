@@ -23,9 +23,11 @@ def _mean_std(xs) -> tuple[float, float]:
     return float(np.mean(xs)), float(np.std(xs))
 
 
-def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000) -> dict:
+def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
+              pending: list[Path] = ()) -> dict:
     """Everything the report says, as plain data. threshold: the score whose first crossing
-    is reported (default: per task, half the best method's mean final score)."""
+    is reported (default: per task, half the best method's mean final score). pending: runs
+    started but not evaluated yet, listed as running."""
     tasks = sorted({r.task for r in runs})
     methods = sorted({r.method for r in runs})
     done = [r for r in runs if r.finished]
@@ -76,8 +78,8 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000)
                                                                          matrices[b])})
     return {"tasks": [list(t) for t in tasks], "methods": methods, "per_task": per_task,
             "aggregate": aggregate, "improvement": improvement,
-            "running": [str(r.path) for r in runs if not r.finished],
-            "runs": len(runs), "finished": len(done)}
+            "running": [str(r.path) for r in runs if not r.finished] + [str(p) for p in pending],
+            "runs": len(runs) + len(pending), "finished": len(done)}
 
 
 def _fmt(x, digits=1) -> str:

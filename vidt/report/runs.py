@@ -79,8 +79,19 @@ def read_run(path: Path, point: dict | None = None) -> Run | None:
                normalized=normalized, budget=budget, finished=bool(done) and max(done) >= budget)
 
 
+def find_pending(root: Path) -> list[Path]:
+    """Run directories under `root` that have started but have no evaluation yet (still
+    pretraining): listed by the report as running, never left out silently."""
+    out = []
+    for cfg in sorted(Path(root).rglob("config.json")):
+        if not (cfg.parent / "metrics.csv").exists() or read_run(cfg.parent) is None:
+            out.append(cfg.parent)
+    return out
+
+
 def find_runs(root: Path) -> list[Run]:
-    """Every run under `root` (a directory holding config.json and metrics.csv), sorted."""
+    """Every run under `root` (a directory holding config.json and metrics.csv) with at least
+    one evaluation, sorted."""
     root = Path(root)
     if not root.is_dir():
         raise VidtError(f"{root}: no such directory")
