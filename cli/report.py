@@ -36,11 +36,10 @@ def report(runs_root, out_dir, threshold, reps, as_json):
       vidt report runs/sweeps/random-mujoco --json | jq .aggregate
     """
     from vidt.report.report import markdown, summarize, write
-    from vidt.report.runs import find_pending, find_runs
+    from vidt.report.runs import find_runs
 
-    runs = find_runs(Path(runs_root))
-    summary = summarize(runs, threshold=threshold, reps=reps,
-                        pending=find_pending(Path(runs_root)))
+    runs, pending = find_runs(Path(runs_root))
+    summary = summarize(runs, threshold=threshold, reps=reps, pending=pending)
     out = Path(out_dir) if out_dir else Path(runs_root) / "report"
     files = write(summary, runs, out)
     if as_json:

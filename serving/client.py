@@ -290,12 +290,15 @@ class Session:
         """Send o_t and the reward for the previous action (ignored at step 0); returns a_t."""
         obs = _obs_list(observation)
 
-        def send():
+        def send():  # built anew on each try: a resume changes the session id
             req = pb.ActRequest(session_id=self.id, step=self.step, observation=obs,
                                 reward=float(reward))
-            return self.client.call("Act", req), req
+            return self._send(req), req
 
         return self._advance(*self.client.with_failover([self], send))
+
+    def _send(self, req: pb.ActRequest) -> pb.ActResponse:
+        return self.client.call("Act", req)
 
     def close(self) -> tuple[int, float]:
         """Close on the server; returns (steps, total reward the server saw)."""
@@ -384,16 +387,6 @@ class StreamSession(Session):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._responses = self.client.stub.ActStream(iter(self._q.get, _END),
                                                      metadata=self.client.metadata)
-
-    def act(self, observation, reward: float = 0.0) -> np.ndarray:
-        obs = _obs_list(observation)
-
-        def send():
-            req = pb.ActRequest(session_id=self.id, step=self.step, observation=obs,
-                                reward=float(reward))
-            return self._send(req), req
-
-        return self._advance(*self.client.with_failover([self], send))
 
     def _send(self, req: pb.ActRequest) -> pb.ActResponse:
         self._q.put(req)

@@ -31,7 +31,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -279,7 +279,7 @@ class SessionStore:
             sid = secrets.token_urlsafe(12)
             s = _Session(sid, window, self.clock())
             if last is not None:
-                s.last = StepResult(sid, last.step, last.action, last.return_to_go)
+                s.last = replace(last, session_id=sid)
                 self.resumed_total += 1
             self._sessions[sid] = s
             self.created_total += 1

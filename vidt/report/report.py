@@ -60,22 +60,20 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
     # task (the fewest any task has, first seeds first) so the matrix is (runs, tasks).
     aggregate, improvement = [], []
     matrices = {}
-    if len(tasks) >= 1:
-        for m in methods:
-            cols = [sorted((r for r in done if r.method == m and r.task == t),
-                           key=lambda r: r.seed) for t in tasks]
-            n = min(len(c) for c in cols)
-            if n == 0:
-                continue
-            mat = np.array([[c[i].final for c in cols] for i in range(n)])
-            matrices[m] = mat
-            lo, hi = stratified_bootstrap_ci(mat, iqm, reps=reps)
-            aggregate.append({"method": m, "iqm": iqm(mat), "ci_low": lo, "ci_high": hi,
-                              "runs_per_task": n, "tasks": len(tasks)})
-        for a, b in itertools.permutations(matrices, 2):
-            improvement.append({"x": a, "y": b,
-                                "p_x_better": probability_of_improvement(matrices[a],
-                                                                         matrices[b])})
+    for m in methods:
+        cols = [sorted((r for r in done if r.method == m and r.task == t),
+                       key=lambda r: r.seed) for t in tasks]
+        n = min(len(c) for c in cols)
+        if n == 0:
+            continue
+        mat = np.array([[c[i].final for c in cols] for i in range(n)])
+        matrices[m] = mat
+        lo, hi = stratified_bootstrap_ci(mat, iqm, reps=reps)
+        aggregate.append({"method": m, "iqm": iqm(mat), "ci_low": lo, "ci_high": hi,
+                          "runs_per_task": n, "tasks": len(tasks)})
+    for a, b in itertools.permutations(matrices, 2):
+        improvement.append({"x": a, "y": b,
+                            "p_x_better": probability_of_improvement(matrices[a], matrices[b])})
     return {"tasks": [list(t) for t in tasks], "methods": methods, "per_task": per_task,
             "aggregate": aggregate, "improvement": improvement,
             "running": [str(r.path) for r in runs if not r.finished] + [str(p) for p in pending],

@@ -79,19 +79,11 @@ def read_run(path: Path, point: dict | None = None) -> Run | None:
                normalized=normalized, budget=budget, finished=bool(done) and max(done) >= budget)
 
 
-def find_pending(root: Path) -> list[Path]:
-    """Run directories under `root` that have started but have no evaluation yet (still
-    pretraining): listed by the report as running, never left out silently."""
-    out = []
-    for cfg in sorted(Path(root).rglob("config.json")):
-        if not (cfg.parent / "metrics.csv").exists() or read_run(cfg.parent) is None:
-            out.append(cfg.parent)
-    return out
-
-
-def find_runs(root: Path) -> list[Run]:
-    """Every run under `root` (a directory holding config.json and metrics.csv) with at least
-    one evaluation, sorted."""
+def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
+    """Every run under `root` (a directory holding config.json) with at least one evaluation,
+    sorted; and, read in the same pass, the run directories that have started but have no
+    evaluation yet (still pretraining), so the report lists them as running instead of
+    leaving them out."""
     root = Path(root)
     if not root.is_dir():
         raise VidtError(f"{root}: no such directory")
@@ -102,13 +94,16 @@ def find_runs(root: Path) -> list[Run]:
                 points[(index.parent / rel).resolve()] = point
         except (OSError, json.JSONDecodeError, KeyError, AttributeError) as e:
             raise VidtError(f"{index}: unreadable sweep index ({e})") from None
-    runs = []
+    runs, pending = [], []
     for cfg in sorted(root.rglob("config.json")):
+        run = None
         if (cfg.parent / "metrics.csv").exists():
             run = read_run(cfg.parent, points.get(cfg.parent.resolve()))
-            if run is not None:
-                runs.append(run)
+        if run is None:
+            pending.append(cfg.parent)
+        else:
+            runs.append(run)
     if not runs:
         raise VidtError(f"{root}: no runs with an evaluation yet (a run is a directory with "
                         "config.json and metrics.csv, as `vidt train --out` writes)")
-    return sorted(runs, key=lambda r: (r.task, r.method, r.seed))
+    return sorted(runs, key=lambda r: (r.task, r.method, r.seed)), pending

@@ -111,10 +111,10 @@ def write_index(sweep: Sweep) -> None:
     runs = {str(p.run_dir.relative_to(sweep.root)): {
         "env_id": p.dataset.env_id, "dataset": p.dataset.name, "algo": p.algo,
         "variant": p.variant, "sets": list(p.sets), "seed": p.seed} for p in sweep.points}
-    data = json.dumps({"sweep_file": str(sweep.file), "runs": runs}, indent=1)
-    tmp = sweep.root / ".sweep.json.tmp"
-    tmp.write_text(data)
-    os.replace(tmp, sweep.root / "sweep.json")
+    from vidt.train.checkpoint import atomic_write_text
+
+    atomic_write_text(json.dumps({"sweep_file": str(sweep.file), "runs": runs}, indent=1),
+                      sweep.root / "sweep.json")
 
 
 def collect_missing(sweep: Sweep, echo: Callable[[str], None]) -> None:
