@@ -10,8 +10,8 @@
             obs, reward, terminated, truncated, _ = env.step(action)
             done = terminated or truncated
 
-Sessions count their steps themselves. A call that fails with UNAVAILABLE or DEADLINE_EXCEEDED
-is sent again with the same step index: the server answers a repeated step with the answer it
+Sessions count their steps themselves. A call that fails with UNAVAILABLE, DEADLINE_EXCEEDED
+or CANCELLED (reset on the way by a proxy) is sent again with the same step index: the server answers a repeated step with the answer it
 already gave and appends nothing, so a retry can never advance the episode twice.
 Three forms of the same episode loop: `session()` (Act), `sessions(n)` (ActBatch, for vector
 envs) and `stream()` (ActStream, one stream per episode).
@@ -19,7 +19,7 @@ envs) and `stream()` (ActStream, one stream per episode).
 Replicas. Every call carries the metadata `x-vidt-route` (one random key per client unless
 `route=` names one, e.g. a robot's id), so a proxy keeps a client's sessions on one server.
 Each session keeps what a resume needs (its last context_length steps: a few KB). When its
-server is gone (UNAVAILABLE after the retries, or NOT_FOUND "unknown session" once the proxy
+server is gone (UNAVAILABLE or CANCELLED after the retries, or NOT_FOUND "unknown session" once the proxy
 has sent it to another replica), the session goes on with `CreateSession.resume` through the
 same address, and the step is sent again: the new server answers exactly as the old one would
 have. A new session is asked for again while the server is UNAVAILABLE (a draining replica
@@ -45,11 +45,14 @@ from vidt.v1 import policy_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-# A stream the client did not cancel itself but sees CANCELLED was reset on the way: HAProxy
-# 2.6 resets the stream of a replica that died, and also turns a stream's error status into a
-# reset. The step is then asked again as a unary Act, whose status comes through.
-STREAM_RETRY_CODES = (*RETRY_CODES, grpc.StatusCode.CANCELLED)
+# A call this client did not cancel itself but that ends CANCELLED was reset on the way: HAProxy
+# 2.6 resets the h2 stream of a replica that died or went away mid-call (seen on CreateSession
+# during a rolling restart), so it is retried like UNAVAILABLE. Every call is safe to send
+# twice: a step is answered once per step number, and a session created twice leaves one idle
+# session to expire. HAProxy also turns a stream's error status into a reset, so a broken
+# stream asks the step again as a unary Act, whose status comes through.
+RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+               grpc.StatusCode.CANCELLED)
 ROUTE_KEY = "x-vidt-route"
 # grpc waits 1 s (then longer) before reconnecting after a failed connect; a controller
 # that retries within its retry budget needs the channel back sooner.
@@ -107,9 +110,10 @@ def _obs_list(observation) -> list[float]:
 
 def _server_lost(e: ServerError) -> bool:
     """Whether a failed call means the session's server is gone (so the episode must go on
-    elsewhere): UNAVAILABLE once the retries are spent, or a server that never heard of the
-    session. A session that server closed or expired was really ended: no resume."""
-    if e.code == grpc.StatusCode.UNAVAILABLE:
+    elsewhere): UNAVAILABLE or a reset (CANCELLED) once the retries are spent, or a server
+    that never heard of the session. A session that server closed or expired was really
+    ended: no resume."""
+    if e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return True
     return e.code == grpc.StatusCode.NOT_FOUND and "unknown session" in e.details
 
@@ -119,8 +123,8 @@ class PolicyClient:
 
     token: bearer token sent with every call. tls: None for plaintext, True for TLS checked
     against the system's roots, or a PEM file path / PEM bytes of the certificate (or CA) to
-    trust. timeout_s: deadline of each unary call. retries: extra attempts on UNAVAILABLE and
-    DEADLINE_EXCEEDED, `backoff_s` doubling between them. route: the `x-vidt-route` value sent
+    trust. timeout_s: deadline of each unary call. retries: extra attempts on UNAVAILABLE,
+    DEADLINE_EXCEEDED and CANCELLED, `backoff_s` doubling between them. route: the `x-vidt-route` value sent
     with every call (default: a random key for this client). failover: resume sessions whose
     server is gone, trying for up to `failover_timeout_s`.
     """
@@ -394,7 +398,7 @@ class StreamSession(Session):
             return next(self._responses)
         except grpc.RpcError as e:
             self._open()  # a failed stream is over: the next step goes on a new one
-            if e.code() not in STREAM_RETRY_CODES:
+            if e.code() not in RETRY_CODES:
                 raise ServerError("ActStream", e.code(), e.details() or "") from None
             # The same step again as a unary Act, with the client's retries (a repeated step
             # gets the answer already given). Unary calls also carry the server's status
