@@ -10,6 +10,9 @@
    Act p50 / (echo p50 + onnxruntime p50)                  target <= 1.15
 3. 64 concurrent sessions (client processes x threads): steps/s with batching (the default
    flags) vs --max-batch 1                                  target >= 3x
+   and against the echo server under the same load (the ceiling the clients and gRPC leave)
+   batched / echo                                           target >= 0.8
+   with the server process's CPU per step in each (and with a zero model).
 4. Where Act's time goes beyond the floor: the same server with a zero model (sessions,
    batcher and servicer, no onnxruntime), and onnxruntime batch 1 after 8 MB of other memory
    traffic (as between two requests in a server; the floor's loop keeps its caches hot).
@@ -187,10 +190,11 @@ def latency(args, model: Path, meta) -> dict:
                 return time.perf_counter() - t0
 
             def echo_call():
-                # Built like the client builds an Act request, so both pay the same.
+                # Built and sent like the client's Act (its route key and all), so both pay
+                # the same.
                 r = pb.ActRequest(session_id="echo", step=k[0],
                                   observation=obs[k[0] % 256].tolist(), reward=0.1)
-                ec.stub.Act(r, timeout=10)
+                ec.stub.Act(r, timeout=10, metadata=ec.metadata)
                 k[0] += 1
 
             for fn in (echo_call, act_unary, act_stream, act_zero, lambda: policy.predict(inp)):
@@ -285,13 +289,22 @@ def proxy(args, model: Path, meta) -> dict:
     return out
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(args, model: Path, meta) -> dict:
     """Steps/s of `sessions` concurrent sessions against: the server with batching (default
-    flags), the server with --max-batch 1, and the echo server (the ceiling that the client
-    processes and gRPC leave on this machine, whatever the server does)."""
+    flags), the server with --max-batch 1, the server with a zero model (no onnxruntime), and
+    the echo server (the ceiling that the client processes and gRPC leave on this machine,
+    whatever the server does). For each, the server process's CPU per step while the load
+    runs: on a machine the clients share, that is what a server can still cut."""
     py = sys.executable
     per = args.sessions // args.workers
-    runs = {"batched": [], "max_batch_1": [], "echo_ceiling": []}
+    runs = {"batched": [], "max_batch_1": [], "zero_model": [], "echo_ceiling": []}
+    cpu_us = {k: [] for k in runs}
     threads = str(max(args.threads, args.sessions + 8))
     for _ in range(args.tp_rounds):
         for mode in runs:
@@ -299,28 +312,39 @@ def throughput(args, model: Path, meta) -> dict:
             if mode == "echo_ceiling":
                 cmd = [py, str(ROLES), "echo-server", str(port), "--obs-dim",
                        str(meta.obs_dim), "--act-dim", str(meta.act_dim), "--threads", threads]
+            elif mode == "zero_model":
+                cmd = [py, str(ROLES), "zero-server", str(port), "--model", str(model),
+                       "--threads", threads]
             else:
                 cmd = [py, "-m", "vidt.cli.main", "serve", "--model", str(model), "--port",
                        str(port), "--threads", threads, "--provider", "cpu", "--ort-threads",
                        str(args.ort_threads), *(["--max-batch", "1"] if mode == "max_batch_1"
                                                 else [])]
             with Proc(cmd) as ps:
-                if mode == "echo_ceiling":
-                    wait_port(f"127.0.0.1:{port}", ps)
-                else:
+                if mode == "batched" or mode == "max_batch_1":
                     wait_serving(f"127.0.0.1:{port}", ps)
+                else:
+                    wait_port(f"127.0.0.1:{port}", ps)
                 workers = [subprocess.Popen(
                     [py, str(ROLES), "load-worker", f"127.0.0.1:{port}", "--sessions",
                      str(per), "--seconds", str(args.seconds), "--obs-dim", str(meta.obs_dim)],
                     stdout=subprocess.PIPE, text=True) for _ in range(args.workers)]
+                # The server's CPU over the middle of the timed part (the workers warm up 1 s).
+                time.sleep(1.5)
+                c0, t0 = _cpu_seconds(ps.pid), time.perf_counter()
+                time.sleep(max(0.5, args.seconds - 1.0))
+                c1, t1 = _cpu_seconds(ps.pid), time.perf_counter()
                 got = [json.loads(w.communicate(timeout=args.seconds + 120)[0]) for w in workers]
-            steps = sum(g["steps"] for g in got)
-            secs = max(g["seconds"] for g in got)
-            runs[mode].append(steps / secs)
+            rate = sum(g["steps"] for g in got) / max(g["seconds"] for g in got)
+            runs[mode].append(rate)
+            cpu_us[mode].append((c1 - c0) / (t1 - t0) / rate * 1e6)
     med = {k: statistics.median(v) for k, v in runs.items()}
     return {"sessions": per * args.workers, "workers": args.workers, "runs": runs,
             "batched_steps_per_s": med["batched"], "max_batch_1_steps_per_s": med["max_batch_1"],
+            "zero_model_steps_per_s": med["zero_model"],
             "echo_ceiling_steps_per_s": med["echo_ceiling"],
+            "ceiling_share": med["batched"] / med["echo_ceiling"],
+            "server_cpu_us_per_step": {k: statistics.median(v) for k, v in cpu_us.items()},
             "speedup": med["batched"] / med["max_batch_1"],
             "speedup_possible_at_most": med["echo_ceiling"] / med["max_batch_1"]}
 
@@ -420,6 +444,11 @@ def print_throughput(tp: dict) -> None:
     print(f"ceiling: the echo server under the same load does {tp['echo_ceiling_steps_per_s']:.0f}"
           f" steps/s, so at most {tp['speedup_possible_at_most']:.2f}x is possible here; "
           f"runs {json.dumps({k: [round(x) for x in v] for k, v in tp['runs'].items()})}")
+    share = tp["ceiling_share"]
+    print(f"batched / ceiling = {share:.2f} ({'meets' if share >= 0.8 else 'misses'} the 0.8 "
+          f"target); zero model (no onnxruntime): {tp['zero_model_steps_per_s']:.0f} steps/s")
+    print("server CPU per step under this load (us): " + ", ".join(
+        f"{k} {v:.0f}" for k, v in tp["server_cpu_us_per_step"].items()))
 
 
 def print_proxy(P: dict) -> None:

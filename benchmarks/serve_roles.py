@@ -33,6 +33,10 @@ def run_echo_server(port: int, obs_dim: int, act_dim: int, threads: int) -> None
     action = [0.0] * act_dim
 
     class Echo(pb_grpc.PolicyServiceServicer):
+        def GetPolicyInfo(self, request, context):  # the client asks it once per channel
+            return pb.PolicyInfo(model_version="echo", observation_dim=obs_dim,
+                                 action_dim=act_dim)
+
         def CreateSession(self, request, context):
             return pb.CreateSessionResponse(session_id="echo")
 
@@ -91,11 +95,15 @@ def run_load_worker(address: str, sessions: int, seconds: float, obs_dim: int) -
     stop_at = [0.0]
     with PolicyClient(address, timeout_s=30) as c:
         def loop(k):
-            with c.session() as s:
-                start.wait()
-                while time.perf_counter() < stop_at[0]:
-                    s.act(obs[s.step % 64], 0.1)
-                    counts[k] += 1
+            try:
+                with c.session() as s:
+                    start.wait()
+                    while time.perf_counter() < stop_at[0]:
+                        s.act(obs[s.step % 64], 0.1)
+                        counts[k] += 1
+            except BaseException:
+                start.abort()  # the others must not wait for this one forever
+                raise
 
         threads = [threading.Thread(target=loop, args=(k,)) for k in range(sessions)]
         for t in threads:
