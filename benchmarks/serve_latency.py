@@ -49,6 +49,7 @@ from vidt.serving.server import free_port
 
 # The child processes (echo server, zero-model server, load client) live in their own script.
 ROLES = Path(__file__).resolve().with_name("serve_roles.py")
+AIO = ROLES.with_name("aio_prototype.py")
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -304,6 +305,8 @@ def throughput(args, model: Path, meta) -> dict:
     py = sys.executable
     per = args.sessions // args.workers
     runs = {"batched": [], "max_batch_1": [], "zero_model": [], "echo_ceiling": []}
+    if args.aio_prototype:
+        runs |= {"aio_prototype": [], "aio_echo": []}
     cpu_us = {k: [] for k in runs}
     threads = str(max(args.threads, args.sessions + 8))
     for _ in range(args.tp_rounds):
@@ -312,6 +315,10 @@ def throughput(args, model: Path, meta) -> dict:
             if mode == "echo_ceiling":
                 cmd = [py, str(ROLES), "echo-server", str(port), "--obs-dim",
                        str(meta.obs_dim), "--act-dim", str(meta.act_dim), "--threads", threads]
+            elif mode in ("aio_prototype", "aio_echo"):
+                cmd = [py, str(AIO), "batched" if mode == "aio_prototype" else "echo", str(port),
+                       "--model", str(model), "--obs-dim", str(meta.obs_dim), "--act-dim",
+                       str(meta.act_dim)]
             elif mode == "zero_model":
                 cmd = [py, str(ROLES), "zero-server", str(port), "--model", str(model),
                        "--threads", threads]
@@ -346,7 +353,11 @@ def throughput(args, model: Path, meta) -> dict:
             "ceiling_share": med["batched"] / med["echo_ceiling"],
             "server_cpu_us_per_step": {k: statistics.median(v) for k, v in cpu_us.items()},
             "speedup": med["batched"] / med["max_batch_1"],
-            "speedup_possible_at_most": med["echo_ceiling"] / med["max_batch_1"]}
+            "speedup_possible_at_most": med["echo_ceiling"] / med["max_batch_1"],
+            **({"aio_prototype_steps_per_s": med["aio_prototype"],
+                "aio_echo_steps_per_s": med["aio_echo"],
+                "aio_prototype_ceiling_share": med["aio_prototype"] / med["echo_ceiling"]}
+               if args.aio_prototype else {})}
 
 
 def machine() -> dict:
@@ -382,6 +393,8 @@ def main() -> None:
     ap.add_argument("--ort-threads", type=int, default=1)
     ap.add_argument("--parts", default="latency,throughput,proxy",
                     help="comma list of latency, throughput, proxy")
+    ap.add_argument("--aio-prototype", action="store_true",
+                    help="throughput: also benchmarks/aio_prototype.py's servers (echo, batched)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -449,6 +462,10 @@ def print_throughput(tp: dict) -> None:
           f"target); zero model (no onnxruntime): {tp['zero_model_steps_per_s']:.0f} steps/s")
     print("server CPU per step under this load (us): " + ", ".join(
         f"{k} {v:.0f}" for k, v in tp["server_cpu_us_per_step"].items()))
+    if "aio_prototype_steps_per_s" in tp:
+        print(f"asyncio prototype (benchmarks/aio_prototype.py): {tp['aio_prototype_steps_per_s']:.0f}"
+              f" steps/s = {tp['aio_prototype_ceiling_share']:.2f} of the ceiling; its echo "
+              f"{tp['aio_echo_steps_per_s']:.0f} steps/s")
 
 
 def print_proxy(P: dict) -> None:
