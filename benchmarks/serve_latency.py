@@ -32,6 +32,7 @@ are printed with the results; --json prints one object instead of the text repor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -159,58 +160,81 @@ def latency(args, model: Path, meta) -> dict:
     res = {"echo": [], "ort": [], "act": [], "stream": [], "act_zero_model": [], "ort_cold": []}
     big = np.ones(8 << 20, np.uint8)
     scratch = np.empty_like(big)
-    with Proc(echo) as pe, Proc(serve) as ps, Proc(zero) as pz:
+    with contextlib.ExitStack() as stack:
+        pe, ps, pz = (stack.enter_context(Proc(cmd)) for cmd in (echo, serve, zero))
         wait_port(f"127.0.0.1:{echo_port}", pe)
         wait_serving(f"127.0.0.1:{port}", ps)
         wait_serving(f"127.0.0.1:{zero_port}", pz)
-        with PolicyClient(f"127.0.0.1:{echo_port}") as ec, \
-                PolicyClient(f"127.0.0.1:{port}") as c, \
-                PolicyClient(f"127.0.0.1:{zero_port}") as zc:
-            s, st, zs = c.session(), c.stream(), zc.session()
-            n = args.requests // args.rounds
-            req = pb.ActRequest(session_id="echo", step=0, observation=obs[0].tolist(),
-                                reward=0.1)
-            k = [0]
+        ec, c, zc = (stack.enter_context(PolicyClient(f"127.0.0.1:{p}"))
+                     for p in (echo_port, port, zero_port))
+        s, st, zs = c.session(), c.stream(), zc.session()
+        n = args.requests // args.rounds
+        k = [0]  # step counter shared by the timed calls
+        timed = {}
+        if args.aio_prototype:  # its echo and its batched server, called the same ways
+            aio_ports = free_port(), free_port()
+            for kind, p in zip(("echo", "batched"), aio_ports):
+                wait_port(f"127.0.0.1:{p}", stack.enter_context(Proc(
+                    [py, str(AIO), kind, str(p), "--model", str(model), "--obs-dim", str(S),
+                     "--act-dim", str(meta.act_dim)])))
+            aec, apc = (stack.enter_context(PolicyClient(f"127.0.0.1:{p}")) for p in aio_ports)
+            aio_session = apc.session()
 
-            def act_unary():
-                s.act(obs[k[0] % 256], 0.1)
-                k[0] += 1
-
-            def act_stream():
-                st.act(obs[k[0] % 256], 0.1)
-                k[0] += 1
-
-            def act_zero():
-                zs.act(obs[k[0] % 256], 0.1)
-                k[0] += 1
-
-            def ort_cold():
-                np.copyto(scratch, big)  # untimed: evicts the model from the caches
-                t0 = time.perf_counter()
-                policy.predict(inp)
-                return time.perf_counter() - t0
-
-            def echo_call():
-                # Built and sent like the client's Act (its route key and all), so both pay
-                # the same.
+            def aio_echo_call():
                 r = pb.ActRequest(session_id="echo", step=k[0],
                                   observation=obs[k[0] % 256].tolist(), reward=0.1)
-                ec.stub.Act(r, timeout=10, metadata=ec.metadata)
+                aec.stub.Act(r, timeout=10, metadata=aec.metadata)
                 k[0] += 1
 
-            for fn in (echo_call, act_unary, act_stream, act_zero, lambda: policy.predict(inp)):
-                time_calls(fn, 200)  # warm-up
-            del req
-            for _ in range(args.rounds):
-                res["echo"] += time_calls(echo_call, n)
-                res["ort"] += time_calls(lambda: policy.predict(inp), n)
-                res["act"] += time_calls(act_unary, n)
-                res["stream"] += time_calls(act_stream, n)
-                res["act_zero_model"] += time_calls(act_zero, n)
-                res["ort_cold"] += [ort_cold() for _ in range(n)]
-            st.close()
-            s.close()
-            zs.close()
+            def aio_act():
+                aio_session.act(obs[k[0] % 256], 0.1)
+                k[0] += 1
+
+            timed = {"aio_echo": aio_echo_call, "aio_prototype_act": aio_act}
+
+        def act_unary():
+            s.act(obs[k[0] % 256], 0.1)
+            k[0] += 1
+
+        def act_stream():
+            st.act(obs[k[0] % 256], 0.1)
+            k[0] += 1
+
+        def act_zero():
+            zs.act(obs[k[0] % 256], 0.1)
+            k[0] += 1
+
+        def ort_cold():
+            np.copyto(scratch, big)  # untimed: evicts the model from the caches
+            t0 = time.perf_counter()
+            policy.predict(inp)
+            return time.perf_counter() - t0
+
+        def echo_call():
+            # Built and sent like the client's Act (its route key and all), so both pay
+            # the same.
+            r = pb.ActRequest(session_id="echo", step=k[0],
+                              observation=obs[k[0] % 256].tolist(), reward=0.1)
+            ec.stub.Act(r, timeout=10, metadata=ec.metadata)
+            k[0] += 1
+
+        for fn in (echo_call, act_unary, act_stream, act_zero, lambda: policy.predict(inp),
+                   *timed.values()):
+            time_calls(fn, 200)  # warm-up
+        for key in timed:
+            res[key] = []
+        for _ in range(args.rounds):
+            res["echo"] += time_calls(echo_call, n)
+            res["ort"] += time_calls(lambda: policy.predict(inp), n)
+            res["act"] += time_calls(act_unary, n)
+            res["stream"] += time_calls(act_stream, n)
+            res["act_zero_model"] += time_calls(act_zero, n)
+            res["ort_cold"] += [ort_cold() for _ in range(n)]
+            for key, fn in timed.items():
+                res[key] += time_calls(fn, n)
+        st.close()
+        s.close()
+        zs.close()
     out = {k: {"p50": pct(v, 50), "p99": pct(v, 99), "n": len(v)} for k, v in res.items()}
     out["ratio_act_p50_over_floor"] = out["act"]["p50"] / (out["echo"]["p50"] + out["ort"]["p50"])
     out["ratio_stream_p50_over_floor"] = (out["stream"]["p50"]
@@ -439,8 +463,11 @@ def print_latency(L: dict) -> None:
                       ("ort", "floor: onnxruntime batch 1 alone"),
                       ("act", "Act (unary), one client"), ("stream", "ActStream, one client"),
                       ("act_zero_model", "Act, same server with a zero model (no onnxruntime)"),
-                      ("ort_cold", "onnxruntime batch 1 after 8 MB of other memory traffic")]:
-        print(f"| {name} | {L[key]['p50']:.3f} | {L[key]['p99']:.3f} |")
+                      ("ort_cold", "onnxruntime batch 1 after 8 MB of other memory traffic"),
+                      ("aio_echo", "asyncio prototype: echo"),
+                      ("aio_prototype_act", "asyncio prototype: Act")]:
+        if key in L:
+            print(f"| {name} | {L[key]['p50']:.3f} | {L[key]['p99']:.3f} |")
     ok = "meets" if L["ratio_act_p50_over_floor"] <= 1.15 else "misses"
     print(f"Act p50 / (echo p50 + onnxruntime p50) = {L['ratio_act_p50_over_floor']:.3f} "
           f"({ok} the 1.15 target); stream: {L['ratio_stream_p50_over_floor']:.3f}")
