@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import queue
 import secrets
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -153,12 +154,18 @@ class PolicyClient:
                          *((("authorization", f"Bearer {token}"),) if token else ()))
         self.stub = pb_grpc.PolicyServiceStub(self.channel)
         self._info: pb.PolicyInfo | None = None
-        self.retried = 0  # calls sent again after a transient failure (for monitoring)
+        # Counters for monitoring, bumped by sessions on any thread (+= alone can lose counts).
+        self._count_lock = threading.Lock()
+        self.retried = 0  # calls sent again after a transient failure
         self.failover, self.failover_timeout_s = bool(failover), float(failover_timeout_s)
         self.failovers = 0  # sessions resumed after their server was lost
 
     def __repr__(self) -> str:  # no token here
         return f"PolicyClient({self.address!r})"
+
+    def _count(self, name: str) -> None:
+        with self._count_lock:
+            setattr(self, name, getattr(self, name) + 1)
 
     def call(self, method: str, request, *, retry: bool = True, timeout_s: float | None = None):
         """Unary call `method` with the token, a deadline, and retries on transient codes."""
@@ -172,7 +179,7 @@ class PolicyClient:
                 code = e.code()
                 if code in RETRY_CODES and attempt + 1 < attempts:
                     log.debug("%s: %s, retrying in %.3f s", method, code.name, delay)
-                    self.retried += 1
+                    self._count("retried")
                     time.sleep(delay)
                     delay *= 2
                     continue
@@ -288,7 +295,7 @@ class Session:
         r = self.client.call("CreateSession", req)
         log.info("session %s resumed at step %d as %s", self.id, self.step, r.session_id)
         self.id = r.session_id
-        self.client.failovers += 1
+        self.client._count("failovers")
 
     def act(self, observation, reward: float = 0.0) -> np.ndarray:
         """Send o_t and the reward for the previous action (ignored at step 0); returns a_t."""
@@ -403,7 +410,7 @@ class StreamSession(Session):
             # The same step again as a unary Act, with the client's retries (a repeated step
             # gets the answer already given). Unary calls also carry the server's status
             # through a proxy that resets a failed stream instead (HAProxy 2.6: CANCELLED).
-            self.client.retried += 1
+            self.client._count("retried")
             return self.client.call("Act", req)
 
     def close(self) -> tuple[int, float]:

@@ -9,11 +9,11 @@ import csv
 import io
 import itertools
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from vidt.files import atomic_write_bytes, atomic_write_text
 
 from .runs import Run
 from .stats import first_crossing, iqm, probability_of_improvement, stratified_bootstrap_ci
@@ -131,13 +131,6 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
 def plot_task(runs: list[Run], task: tuple[str, str], path: Path) -> None:
     """Curves of one task: per method, the mean over finished seeds with a ±1 std band
     (evaluations aligned by index); runs still going as thin dotted lines."""
@@ -170,7 +163,7 @@ def plot_task(runs: list[Run], task: tuple[str, str], path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    atomic_write_bytes(buf.getvalue(), path)
 
 
 def write(summary: dict, runs: list[Run], out: Path) -> dict[str, str]:
@@ -183,13 +176,13 @@ def write(summary: dict, runs: list[Run], out: Path) -> dict[str, str]:
                        ("aggregate.csv", _csv(summary["aggregate"])),
                        ("improvement.csv", _csv(summary["improvement"]))):
         if text:
-            _atomic_write(out / name, text)
+            atomic_write_text(text, out / name)
             files[name] = str(out / name)
     for task in summary["tasks"]:
         name = f"{task[0]}-{task[1]}.png".replace("/", "-")
         plot_task(runs, tuple(task), out / name)
         files[name] = str(out / name)
     summary = {**summary, "files": files}
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(json.dumps(summary, indent=1), out / "summary.json")
     files["summary.json"] = str(out / "summary.json")
     return files

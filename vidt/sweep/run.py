@@ -111,7 +111,7 @@ def write_index(sweep: Sweep) -> None:
     runs = {str(p.run_dir.relative_to(sweep.root)): {
         "env_id": p.dataset.env_id, "dataset": p.dataset.name, "algo": p.algo,
         "variant": p.variant, "sets": list(p.sets), "seed": p.seed} for p in sweep.points}
-    from vidt.train.checkpoint import atomic_write_text
+    from vidt.files import atomic_write_text
 
     atomic_write_text(json.dumps({"sweep_file": str(sweep.file), "runs": runs}, indent=1),
                       sweep.root / "sweep.json")

@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import os
-import secrets
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from vidt.errors import ConfigError, ModelFileError, StorageError
+from vidt.files import atomic_write
 from vidt.model.dt import Actor, DecisionTransformer, ModelConfig, ModelSpec
 
 CHECKPOINT = "checkpoint.pt"
@@ -30,60 +30,15 @@ ACTORS = {"last": ACTOR, "best": ACTOR_BEST}
 FORMAT_VERSION = 1
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable: without this a power loss can bring back the old directory
-    entry (or none). Best effort: not every platform or filesystem allows it."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: str | Path, write) -> None:
-    """Call write(binary_file) on a temp file beside `path`, then rename it over `path`: the
-    file is the old one or the new one, never half of either, whatever kills the process.
-    An OSError becomes a StorageError naming `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        # os.open with 0o666 (not mkstemp's 0600): the file gets the user's umask, like open()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as e:
-        raise StorageError(f"could not write {path}: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):  # disk full, read-only, permissions: say which file
-            raise StorageError(f"could not write {path}: {e.strerror or e}") from e
-        raise
-    _fsync_dir(path.parent)
-
-
 def atomic_save(obj, path: str | Path) -> None:
     # Serialised in memory first: torch's zip writer turns a failed write (disk full) into a
     # RuntimeError about file positions, which would hide the OSError a user can act on.
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
-def atomic_write_text(text: str, path: str | Path) -> None:
-    atomic_write_bytes(text.encode(), path)
-
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    _atomic_write(path, lambda f: f.write(data))
-
-
-# Files of a run directory written through _atomic_write: a SIGKILL mid-write leaves
+# Files of a run directory written through vidt.files.atomic_write: a SIGKILL mid-write leaves
 # `.NAME.XXXX.tmp` behind, which the next trainer on that directory removes.
 ATOMIC_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, ACTOR_BEST, "learning_curve.png")
 LOCK_FILE = ".vidt-train.lock"

@@ -11,7 +11,7 @@ import io
 import math
 from pathlib import Path
 
-from .checkpoint import atomic_write_bytes, atomic_write_text
+from vidt.files import atomic_write_bytes, atomic_write_text
 
 COLUMNS = [
     "phase", "iteration", "online_env_steps", "actor_updates", "critic_updates", "wall_time_s",

@@ -33,6 +33,7 @@ import vidt
 from vidt.data.episode import Episode
 from vidt.envs import get_family, make_env, normalized_score
 from vidt.errors import ConfigError, DatasetError, StorageError
+from vidt.files import atomic_write_text
 from vidt.model.dt import Actor, ModelSpec
 from vidt.window import ContextWindow, WindowInputs
 
@@ -47,7 +48,6 @@ from .checkpoint import (
     RunDirLock,
     actor_payload,
     atomic_save,
-    atomic_write_text,
     load_file,
     numpy_rng_state,
     remove_stale_temps,
