@@ -38,8 +38,8 @@ def report(runs_root, out_dir, threshold, reps, as_json):
     from vidt.report.report import markdown, summarize, write
     from vidt.report.runs import find_runs
 
-    runs, pending = find_runs(Path(runs_root))
-    summary = summarize(runs, threshold=threshold, reps=reps, pending=pending)
+    runs, pending, waiting = find_runs(Path(runs_root))
+    summary = summarize(runs, threshold=threshold, reps=reps, pending=pending, waiting=waiting)
     out = Path(out_dir) if out_dir else Path(runs_root) / "report"
     files = write(summary, runs, out)
     if as_json:

@@ -244,16 +244,23 @@ def test_report_keeps_runs_still_going_apart(reference, tmp_path, run_cli):
     going.write_text("\n".join(lines[:4]) + "\n")  # stopped after a few evaluations
     pretraining = root / "vidt-OneState-v0-builtin" / "vidt" / "s1" / "metrics.csv"
     pretraining.write_text(pretraining.read_text().splitlines()[0] + "\n")  # no eval yet
+    # A point the sweep lists but has not started yet.
+    index = json.loads((root / "sweep.json").read_text())
+    index["runs"]["vidt-OneState-v0-builtin/td3/s0"] = {**next(iter(index["runs"].values())),
+                                                        "algo": "td3"}
+    (root / "sweep.json").write_text(json.dumps(index))
     r = run_cli("report", str(root), "--json", "--reps", "200")
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
-    assert (s["runs"], s["finished"]) == (4, 2)
+    assert (s["runs"], s["finished"]) == (5, 2)
     assert s["running"] == [str(going.parent), str(pretraining.parent)]
+    assert s["not_started"] == [str(root / "vidt-OneState-v0-builtin" / "td3" / "s0")]
     odt = next(row for row in s["per_task"] if row["method"] == "odt")
     assert (odt["seeds"], odt["running"]) == (1, 1)
     assert next(a for a in s["aggregate"] if a["method"] == "odt")["runs_per_task"] == 1
     md = (root / "report" / "report.md").read_text()
     assert "## Still running (not in the statistics)" in md and str(going.parent) in md
+    assert "## Not started yet (listed by the sweep)" in md and "td3" in md
     assert run_cli("report", str(tmp_path / "nothing-here")).exit_code == 1
     (tmp_path / "empty").mkdir()
     empty = run_cli("report", str(tmp_path / "empty"))

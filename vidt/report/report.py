@@ -24,10 +24,10 @@ def _mean_std(xs) -> tuple[float, float]:
 
 
 def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
-              pending: list[Path] = ()) -> dict:
+              pending: list[Path] = (), waiting: list[Path] = ()) -> dict:
     """Everything the report says, as plain data. threshold: the score whose first crossing
     is reported (default: per task, half the best method's mean final score). pending: runs
-    started but not evaluated yet, listed as running."""
+    started but not evaluated yet, listed as running; waiting: a sweep's runs not started."""
     tasks = sorted({r.task for r in runs})
     methods = sorted({r.method for r in runs})
     done = [r for r in runs if r.finished]
@@ -77,7 +77,8 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
     return {"tasks": [list(t) for t in tasks], "methods": methods, "per_task": per_task,
             "aggregate": aggregate, "improvement": improvement,
             "running": [str(r.path) for r in runs if not r.finished] + [str(p) for p in pending],
-            "runs": len(runs) + len(pending), "finished": len(done)}
+            "not_started": [str(p) for p in waiting],
+            "runs": len(runs) + len(pending) + len(waiting), "finished": len(done)}
 
 
 def _fmt(x, digits=1) -> str:
@@ -118,6 +119,9 @@ def markdown(summary: dict) -> str:
     if summary["running"]:
         out += ["\n## Still running (not in the statistics)\n"]
         out += [f"- {p}" for p in summary["running"]]
+    if summary["not_started"]:
+        out += ["\n## Not started yet (listed by the sweep)\n"]
+        out += [f"- {p}" for p in summary["not_started"]]
     return "\n".join(out) + "\n"
 
 

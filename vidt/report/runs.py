@@ -79,23 +79,25 @@ def read_run(path: Path, point: dict | None = None) -> Run | None:
                normalized=normalized, budget=budget, finished=bool(done) and max(done) >= budget)
 
 
-def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
+def find_runs(root: Path) -> tuple[list[Run], list[Path], list[Path]]:
     """Every run under `root` (a directory holding config.json) with at least one evaluation,
     sorted; and, read in the same pass, the run directories that have started but have no
-    evaluation yet (still pretraining), so the report lists them as running instead of
-    leaving them out."""
+    evaluation yet (still pretraining) and the runs a sweep index lists that have not started,
+    so the report lists them instead of leaving them out."""
     root = Path(root)
     if not root.is_dir():
         raise VidtError(f"{root}: no such directory")
-    points = {}
+    points, listed = {}, {}
     for index in root.rglob(INDEX_FILE):
         try:
             for rel, point in json.loads(index.read_text())["runs"].items():
                 points[(index.parent / rel).resolve()] = point
+                listed[(index.parent / rel).resolve()] = index.parent / rel
         except (OSError, json.JSONDecodeError, KeyError, AttributeError) as e:
             raise VidtError(f"{index}: unreadable sweep index ({e})") from None
-    runs, pending = [], []
+    runs, pending, started = [], [], set()
     for cfg in sorted(root.rglob("config.json")):
+        started.add(cfg.parent.resolve())
         run = None
         if (cfg.parent / "metrics.csv").exists():
             run = read_run(cfg.parent, points.get(cfg.parent.resolve()))
@@ -106,4 +108,5 @@ def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
     if not runs:
         raise VidtError(f"{root}: no runs with an evaluation yet (a run is a directory with "
                         "config.json and metrics.csv, as `vidt train --out` writes)")
-    return sorted(runs, key=lambda r: (r.task, r.method, r.seed)), pending
+    waiting = sorted(path for key, path in listed.items() if key not in started)
+    return sorted(runs, key=lambda r: (r.task, r.method, r.seed)), pending, waiting
