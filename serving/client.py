@@ -11,18 +11,19 @@
             done = terminated or truncated
 
 Sessions count their steps themselves. A call that fails with UNAVAILABLE, DEADLINE_EXCEEDED
-or CANCELLED (reset on the way by a proxy) is sent again with the same step index: the server answers a repeated step with the answer it
-already gave and appends nothing, so a retry can never advance the episode twice.
+or CANCELLED (reset on the way by a proxy) is sent again with the same step index: the server
+answers a repeated step with the answer it already gave and appends nothing, so a retry can
+never advance the episode twice.
 Three forms of the same episode loop: `session()` (Act), `sessions(n)` (ActBatch, for vector
 envs) and `stream()` (ActStream, one stream per episode).
 
 Replicas. Every call carries the metadata `x-vidt-route` (one random key per client unless
 `route=` names one, e.g. a robot's id), so a proxy keeps a client's sessions on one server.
 Each session keeps what a resume needs (its last context_length steps: a few KB). When its
-server is gone (UNAVAILABLE or CANCELLED after the retries, or NOT_FOUND "unknown session" once the proxy
-has sent it to another replica), the session goes on with `CreateSession.resume` through the
-same address, and the step is sent again: the new server answers exactly as the old one would
-have. A new session is asked for again while the server is UNAVAILABLE (a draining replica
+server is gone (UNAVAILABLE or CANCELLED after the retries, or NOT_FOUND "unknown session"
+once the proxy has sent it to another replica), the session goes on with
+`CreateSession.resume` through the same address, and the step is sent again: the new server
+answers exactly as the old one would have. A new session is asked for again while the server is UNAVAILABLE (a draining replica
 the proxy has not taken out yet, a server restarting). On by default, for up to
 `failover_timeout_s` (`failover=False` turns it off); `client.failovers` counts the resumes.
 """
@@ -125,9 +126,9 @@ class PolicyClient:
     token: bearer token sent with every call. tls: None for plaintext, True for TLS checked
     against the system's roots, or a PEM file path / PEM bytes of the certificate (or CA) to
     trust. timeout_s: deadline of each unary call. retries: extra attempts on UNAVAILABLE,
-    DEADLINE_EXCEEDED and CANCELLED, `backoff_s` doubling between them. route: the `x-vidt-route` value sent
-    with every call (default: a random key for this client). failover: resume sessions whose
-    server is gone, trying for up to `failover_timeout_s`.
+    DEADLINE_EXCEEDED and CANCELLED, `backoff_s` doubling between them. route: the
+    `x-vidt-route` value sent with every call (default: a random key for this client).
+    failover: resume sessions whose server is gone, trying for up to `failover_timeout_s`.
     """
 
     def __init__(self, address: str, token: str | None = None,

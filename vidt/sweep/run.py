@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidt.errors import VidtError
+from vidt.files import atomic_write_text
 from vidt.procs import with_parent
 
 from .spec import Point, Sweep
@@ -111,8 +112,6 @@ def write_index(sweep: Sweep) -> None:
     runs = {str(p.run_dir.relative_to(sweep.root)): {
         "env_id": p.dataset.env_id, "dataset": p.dataset.name, "algo": p.algo,
         "variant": p.variant, "sets": list(p.sets), "seed": p.seed} for p in sweep.points}
-    from vidt.files import atomic_write_text
-
     atomic_write_text(json.dumps({"sweep_file": str(sweep.file), "runs": runs}, indent=1),
                       sweep.root / "sweep.json")
 
