@@ -25,7 +25,8 @@ once the proxy has sent it to another replica), the session goes on with
 `CreateSession.resume` through the same address, and the step is sent again: the new server
 answers exactly as the old one would have. A new session is asked for again while the
 server is UNAVAILABLE (a draining replica the proxy has not taken out yet, a server
-restarting). On by default, for up to `failover_timeout_s` (`failover=False` turns it off); `client.failovers` counts the resumes.
+restarting). On by default, for up to `failover_timeout_s` (`failover=False` turns it off);
+`client.failovers` counts the resumes.
 """
 
 from __future__ import annotations
