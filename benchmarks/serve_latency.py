@@ -22,7 +22,9 @@
    and what a resume costs: CreateSession plain vs with a resume (a full context of history),
    and one failover step as the client lives it (Act -> NOT_FOUND -> resume -> Act again).
 
-`--parts` picks sections (latency, throughput, proxy; default all).
+`--parts` picks sections (latency, throughput, proxy; default all). `--aio-prototype` adds
+benchmarks/aio_prototype.py's asyncio servers (an echo and a batched Act) to the latency and
+throughput parts: what moving the server to grpc.aio would give, measured beside it.
 
 Servers run in their own processes, as in production. The measurements alternate in rounds
 (these shared machines are noisy) and percentiles pool the rounds. The machine and versions
