@@ -206,6 +206,23 @@ def test_dry_run_lists_the_runs_and_collects_nothing(run_cli, tmp_path):
     assert not (tmp_path / "root").exists()
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "sweeps").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_the_committed_sweep_files_pass_the_checks_a_sweep_makes_first(path):
+    """Every override a committed sweep file gives is one the trainer takes, every env can be
+    made, and its runs stay under benchmarks/sweeps/runs/, where finished runs' results are
+    committed (benchmarks/sweeps/runs/.gitignore)."""
+    from vidt.sweep.spec import check, parse
+
+    sweep = parse(path)
+    check(sweep)
+    assert sweep.root == Path("benchmarks/sweeps/runs") / path.stem
+    assert len({p.run_dir for p in sweep.points}) == len(sweep.points) >= 6
+
+
 def test_datasets_a_sweep_collects_are_made_once_and_then_checked(tmp_path):
     from vidt.sweep.run import collect_missing
     from vidt.sweep.spec import check, parse
