@@ -245,7 +245,12 @@ def test_resume_of_a_finished_run_says_what_happens(run_cli, tmp_path):
                    "64", "--out", str(run)).exit_code == 0
     res = run_cli("train", "--out", str(run), "--resume")
     assert res.exit_code == 0 and "Nothing to do" in res.stderr and "Done" not in res.stderr
-    res = run_cli("train", "--out", str(run), "--resume", "--online-steps", "128", "--json")
+    res = run_cli("train", "--out", str(run), "--resume", "--online-steps", "128", "--set",
+                  "loss.gamma=0.9")
+    assert res.exit_code == 1 and "loss.gamma: 0.99 -> 0.9" in res.stderr, res.stderr
+    # The thread count is the machine's business (a sweep gives each run its CPU share).
+    res = run_cli("train", "--out", str(run), "--resume", "--online-steps", "128", "--json",
+                  "--set", "threads=2")
     assert res.exit_code == 0 and "Extending the finished run from 64" in res.stderr
     assert '"online_env_steps": 128' in res.stdout
 

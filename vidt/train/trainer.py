@@ -534,11 +534,12 @@ class Trainer:
         self.lock.release()
 
 
-RESUMABLE_CHANGES = ("online.online_steps", "device")
+RESUMABLE_CHANGES = ("online.online_steps", "device", "threads")
 
 
 def check_resume_config(saved: TrainConfig, new: TrainConfig) -> None:
-    """A resumed run keeps its config; only the budget and the device may change."""
+    """A resumed run keeps its config; only the budget, the device and the CPU threads may
+    change (the last two are where it runs, not what it learns)."""
     a, b = flatten_dict(saved.to_dict()), flatten_dict(new.to_dict())
     diff = [k for k in a if a[k] != b.get(k) and k not in RESUMABLE_CHANGES]
     if diff:
