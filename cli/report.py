@@ -28,7 +28,8 @@ def report(runs_root, out_dir, threshold, reps, as_json):
     mean with a stratified bootstrap 95% interval and the probability of improvement between
     methods (as rliable defines them); curves with bands, one PNG per task.
 
-    Only finished runs enter the statistics; runs still going are listed apart.
+    Only finished runs enter the statistics; unfinished runs are listed apart, as
+    running (a trainer holds the directory) or stopped.
 
     \b
     Example:

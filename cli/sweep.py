@@ -28,7 +28,8 @@ def sweep(sweep_file, address, max_concurrent, dry_run):
     refuse). Ctrl-C (or `kill PID`, for a sweep in the background) stops the sweep and every
     running run writes a checkpoint; running the
     same command again skips finished runs and resumes the others. The exit status is 0 when
-    every run has finished, 1 when any failed (their logs are named), 130 when interrupted.
+    every run has finished, 1 when any failed (their logs are named) or stopped on its own,
+    130 when interrupted.
 
     \b
     Example:
@@ -64,4 +65,8 @@ def sweep(sweep_file, address, max_concurrent, dry_run):
         click.echo("interrupted: run the same command again to go on", err=True)
         sys.exit(130)
     if failed:
+        sys.exit(1)
+    if not result.ok:  # a run stopped by itself being signalled, not by this sweep
+        click.echo(f"{result.count('interrupted')} run(s) stopped before finishing: run the "
+                   "same command again to go on", err=True)
         sys.exit(1)

@@ -55,3 +55,10 @@ def test_bootstrap_interval_of_a_two_run_task():
 def test_first_crossing():
     assert first_crossing([0, 10, 20, 30], [0.1, 0.4, 0.6, 0.5], 0.5) == 20
     assert first_crossing([0, 10], [0.1, 0.2], 0.5) is None
+
+
+def test_bootstrap_resamples_each_task_on_its_own_not_whole_runs():
+    # Run 0 scores (0, 10) and run 1 (10, 0): resampling whole runs keeps one 0 and one 10 per
+    # run, so the IQM would always be 5; resampling each task on its own also draws all zeros
+    # (1 in 16) and all tens, so the 95% interval spans both.
+    assert stratified_bootstrap_ci([[0.0, 10.0], [10.0, 0.0]], reps=2000) == (0.0, 10.0)

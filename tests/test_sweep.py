@@ -104,9 +104,10 @@ def test_an_interrupted_sweep_goes_on_without_redoing_and_ends_as_uninterrupted(
     # background, e.g. `make test &`, passes SIGINT on ignored.)
     from vidt.procs import with_parent
 
+    # Its own process group, which Ctrl-C below signals whole, as a terminal does.
     proc = subprocess.Popen(with_parent([sys.executable, "-m", "vidt.cli.main", "sweep",
                                          str(f), "--max-concurrent", "1"], signal.SIGINT),
-                            stderr=subprocess.PIPE, text=True,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "PYTHONHASHSEED": "0"})
     try:
         started = []
@@ -119,11 +120,16 @@ def test_an_interrupted_sweep_goes_on_without_redoing_and_ends_as_uninterrupted(
             if line.startswith("start"):
                 started.append(Path(line.split()[1].rstrip(";")))
                 break
+        from vidt.files import training_pid
+
         deadline = time.monotonic() + 120
-        while not (started[-1] / "config.json").exists():  # it is training
+        while not training_pid(started[-1]):  # it is training
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        # Ctrl-C reaches the trainer once, from its task: outside the group a terminal signals
+        # (a second SIGINT would make it stop without a checkpoint).
+        assert os.getpgid(int(training_pid(started[-1]))) != proc.pid
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
         rest = proc.stderr.read()
         assert proc.wait(timeout=300) == 130, rest
     finally:
@@ -179,6 +185,13 @@ def test_a_failing_point_is_reported_and_the_others_finish(tmp_path):
     ('root = "R"\n[[datasets]]\nenv = "Hopper-v5"\npath = "/nonexistent.hdf5"\n[grid]\n'
      'algos = ["vidt"]\nseeds = [0]\n', "/nonexistent.hdf5"),
     ('root = \n', "not valid TOML"),
+    ('root = "R"\ntrain = 5\n', "[train] must be a table"),
+    ('root = "R"\ndatasets = [1]\n', "[[datasets]] #1 must be a table"),
+    ('root = "R"\n[[datasets]]\nenv = "Hopper-v5"\ncollect = 5\n', "collect must be a table"),
+    ('root = "R"\n[[datasets]]\nenv = "Hopper-v5"\nname = 5\n', "'name' must be a non-empty"),
+    ('root = "R"\n[[datasets]]\nenv = "Hopper-v5"\nname = "random 20k"\n'
+     'collect = { steps = 10 }\n[[datasets]]\nenv = "Hopper-v5"\nname = "random_20k"\n'
+     'collect = { steps = 10 }\n', "listed twice"),
 ])
 def test_bad_sweep_files_are_refused_in_one_line(run_cli, tmp_path, text, message):
     f = tmp_path / "bad.toml"
@@ -266,19 +279,70 @@ def test_report_keeps_runs_still_going_apart(reference, tmp_path, run_cli):
     index["runs"]["vidt-OneState-v0-builtin/td3/s0"] = {**next(iter(index["runs"].values())),
                                                         "algo": "td3"}
     (root / "sweep.json").write_text(json.dumps(index))
-    r = run_cli("report", str(root), "--json", "--reps", "200")
+    from vidt.train.checkpoint import RunDirLock
+
+    lock = RunDirLock(going.parent)  # a trainer at work there; none in the other one
+    try:
+        r = run_cli("report", str(root), "--json", "--reps", "200")
+    finally:
+        lock.release()
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     assert (s["runs"], s["finished"]) == (5, 2)
-    assert s["running"] == [str(going.parent), str(pretraining.parent)]
+    assert s["running"] == [str(going.parent)]
+    assert s["stopped"] == [str(pretraining.parent)]
     assert s["not_started"] == [str(root / "vidt-OneState-v0-builtin" / "td3" / "s0")]
     odt = next(row for row in s["per_task"] if row["method"] == "odt")
-    assert (odt["seeds"], odt["running"]) == (1, 1)
+    assert (odt["seeds"], odt["unfinished"]) == (1, 1)
     assert next(a for a in s["aggregate"] if a["method"] == "odt")["runs_per_task"] == 1
+    assert s["aggregate_notes"] == []  # both methods: 1 finished run on the one task
     md = (root / "report" / "report.md").read_text()
     assert "## Still running (not in the statistics)" in md and str(going.parent) in md
+    assert "## Stopped before finishing" in md and str(pretraining.parent) in md
     assert "## Not started yet (listed by the sweep)" in md and "td3" in md
     assert run_cli("report", str(tmp_path / "nothing-here")).exit_code == 1
     (tmp_path / "empty").mkdir()
     empty = run_cli("report", str(tmp_path / "empty"))
     assert empty.exit_code == 1 and "no runs with an evaluation yet" in empty.stderr
+
+
+def test_report_reads_a_run_without_online_steps_and_refuses_a_broken_one(run_cli, tmp_path):
+    from vidt.report.runs import read_run
+
+    run = tmp_path / "runs" / "pretrain-only"
+    run.mkdir(parents=True)
+    config = {"env_id": "Pendulum-v1", "algo": "odt", "seed": 0, "dataset": "d",
+              "online": {"online_steps": 0}}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "metrics.csv").write_text("phase,iteration,online_env_steps,eval_return_mean\n"
+                                     "pretrain,0,0,-900.5\n")
+    assert read_run(run).finished  # its one row ends pretraining, and with it the run
+    del config["online"]
+    (run / "config.json").write_text(json.dumps(config))
+    r = run_cli("report", str(tmp_path / "runs"))
+    assert r.exit_code == 1
+    assert "not a vidt run" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_index_keeps_the_points_of_variants_since_removed_while_their_runs_exist(tmp_path):
+    from vidt.sweep.run import write_index
+    from vidt.sweep.spec import parse
+
+    f = tmp_path / "s.toml"
+    grid = (f'root = "{tmp_path / "root"}"\n[[datasets]]\nenv = "vidt/OneState-v0"\n'
+            '[grid]\nalgos = ["vidt"]\nseeds = [0]\n[grid.variants]\n"a=1" = ["loss.rl_coef=1.0"]\n')
+    f.write_text(grid + '"a=0" = ["loss.rl_coef=0.0"]\n')
+    first = parse(f)
+    write_index(first)
+    for p in first.points:
+        p.run_dir.mkdir(parents=True)
+    (tmp_path / "root" / "vidt-OneState-v0-builtin" / "vidt-a=1" / "s0").rmdir()
+    f.write_text(grid)  # "a=0" removed; "a=1" kept, its run not started
+    write_index(parse(f))
+    runs = json.loads((tmp_path / "root" / "sweep.json").read_text())["runs"]
+    assert runs == {"vidt-OneState-v0-builtin/vidt-a=1/s0": {
+                        "env_id": "vidt/OneState-v0", "dataset": "builtin", "algo": "vidt",
+                        "variant": "a=1", "sets": ["loss.rl_coef=1.0"], "seed": 0},
+                    "vidt-OneState-v0-builtin/vidt-a=0/s0": {
+                        "env_id": "vidt/OneState-v0", "dataset": "builtin", "algo": "vidt",
+                        "variant": "a=0", "sets": ["loss.rl_coef=0.0"], "seed": 0}}

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from vidt.errors import StorageError
 
+LOCK_FILE = ".vidt-train.lock"  # a trainer's flock on its run directory (train.checkpoint)
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename durable: without this a power loss can bring back the old directory
@@ -55,3 +57,22 @@ def atomic_write_text(text: str, path: str | Path) -> None:
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> None:
     atomic_write(path, lambda f: f.write(data))
+
+
+def training_pid(run_dir: str | Path) -> str | None:
+    """The pid of the `vidt train` holding RUN_DIR's lock, or None when no trainer runs there
+    (the lock is taken and given back at once, so this never blocks a trainer)."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)  # also drops the shared lock, if it was taken
+    return None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidt.files import atomic_write_bytes, atomic_write_text
+from vidt.files import atomic_write_bytes, atomic_write_text, training_pid
 
 from .runs import Run
 from .stats import first_crossing, iqm, probability_of_improvement, stratified_bootstrap_ci
@@ -27,7 +27,8 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
               pending: list[Path] = (), waiting: list[Path] = ()) -> dict:
     """Everything the report says, as plain data. threshold: the score whose first crossing
     is reported (default: per task, half the best method's mean final score). pending: runs
-    started but not evaluated yet, listed as running; waiting: a sweep's runs not started."""
+    started but not evaluated yet; waiting: a sweep's runs not started. Unfinished runs are
+    listed apart, as running where a trainer holds their directory, as stopped otherwise."""
     tasks = sorted({r.task for r in runs})
     methods = sorted({r.method for r in runs})
     done = [r for r in runs if r.finished]
@@ -44,7 +45,7 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
             if not mine and not going:
                 continue
             row = {"env_id": task[0], "dataset": task[1], "method": m, "seeds": len(mine),
-                   "running": len(going), "normalized": all(r.normalized for r in mine),
+                   "unfinished": len(going), "normalized": all(r.normalized for r in mine),
                    "threshold": thr}
             if mine:
                 row["final_mean"], row["final_std"] = _mean_std([r.final for r in mine])
@@ -58,14 +59,19 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
 
     # Across tasks: methods with finished runs on every task, the same number of runs per
     # task (the fewest any task has, first seeds first) so the matrix is (runs, tasks).
-    aggregate, improvement = [], []
+    aggregate, improvement, notes = [], [], []
     matrices = {}
     for m in methods:
         cols = [sorted((r for r in done if r.method == m and r.task == t),
                        key=lambda r: r.seed) for t in tasks]
         n = min(len(c) for c in cols)
         if n == 0:
+            missing = ", ".join(f"{t[0]} {t[1]}" for t, c in zip(tasks, cols) if not c)
+            notes.append(f"{m}: left out, no finished run on {missing}")
             continue
+        if any(len(c) > n for c in cols):
+            notes.append(f"{m}: {n} run(s) per task, the lowest seeds, of {sum(map(len, cols))} "
+                         "finished (the score matrix has the same runs on every task)")
         mat = np.array([[c[i].final for c in cols] for i in range(n)])
         matrices[m] = mat
         lo, hi = stratified_bootstrap_ci(mat, iqm, reps=reps)
@@ -74,9 +80,13 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
     for a, b in itertools.permutations(matrices, 2):
         improvement.append({"x": a, "y": b,
                             "p_x_better": probability_of_improvement(matrices[a], matrices[b])})
+    unfinished = [r.path for r in runs if not r.finished] + list(pending)
+    held = {p: training_pid(p) for p in unfinished}  # read once: a run may end meanwhile
     return {"tasks": [list(t) for t in tasks], "methods": methods, "per_task": per_task,
             "aggregate": aggregate, "improvement": improvement,
-            "running": [str(r.path) for r in runs if not r.finished] + [str(p) for p in pending],
+            "running": [str(p) for p in unfinished if held[p]],
+            "stopped": [str(p) for p in unfinished if not held[p]],
+            "aggregate_notes": notes,
             "not_started": [str(p) for p in waiting],
             "runs": len(runs) + len(pending) + len(waiting), "finished": len(done)}
 
@@ -91,7 +101,7 @@ def markdown(summary: dict) -> str:
            "otherwise.\n",
            "## Per task\n",
            "| env | dataset | method | seeds | final | last 3 | first crossing (steps) | "
-           "running |", "|---|---|---|---|---|---|---|---|"]
+           "unfinished |", "|---|---|---|---|---|---|---|---|"]
     for r in summary["per_task"]:
         if r["seeds"]:
             final = f"{r['final_mean']:.1f} ± {r['final_std']:.1f}"
@@ -102,7 +112,7 @@ def markdown(summary: dict) -> str:
         else:
             final = last3 = thr = "(no finished run)"
         out.append(f"| {r['env_id']} | {r['dataset']} | {r['method']} | {r['seeds']} | "
-                   f"{final} | {last3} | {thr} | {r['running'] or ''} |")
+                   f"{final} | {last3} | {thr} | {r['unfinished'] or ''} |")
     if summary["aggregate"]:
         n = summary["aggregate"][0]["tasks"]
         out += [f"\n## Across {n} task(s): IQM of the final score\n",
@@ -111,6 +121,8 @@ def markdown(summary: dict) -> str:
         for a in summary["aggregate"]:
             out.append(f"| {a['method']} | {a['iqm']:.1f} | [{a['ci_low']:.1f}, "
                        f"{a['ci_high']:.1f}] | {a['runs_per_task']} |")
+    if summary["aggregate_notes"]:
+        out += ["\nLeft out of the aggregate:\n"] + [f"- {n}" for n in summary["aggregate_notes"]]
     if summary["improvement"]:
         out += ["\n## Probability of improvement, P(X > Y)\n", "| X | Y | P(X > Y) |",
                 "|---|---|---|"]
@@ -119,6 +131,10 @@ def markdown(summary: dict) -> str:
     if summary["running"]:
         out += ["\n## Still running (not in the statistics)\n"]
         out += [f"- {p}" for p in summary["running"]]
+    if summary["stopped"]:
+        out += ["\n## Stopped before finishing, no trainer running (not in the statistics; "
+                "rerun the sweep, or `vidt train --resume`)\n"]
+        out += [f"- {p}" for p in summary["stopped"]]
     if summary["not_started"]:
         out += ["\n## Not started yet (listed by the sweep)\n"]
         out += [f"- {p}" for p in summary["not_started"]]
@@ -157,7 +173,7 @@ def plot_task(runs: list[Run], task: tuple[str, str], path: Path) -> None:
             ax.fill_between(x, mu - sd, mu + sd, color=color, alpha=0.2)
         for r in (r for r in here if r.method == m and not r.finished):
             ax.plot(r.steps, r.scores, color=color, lw=0.8, ls=":",
-                    label=None if mine else f"{m} (running)")
+                    label=None if mine else f"{m} (unfinished)")
     ax.set_xlabel("online env steps")
     ax.set_ylabel("normalized score" if all(r.normalized for r in here) else "return")
     ax.set_title(f"{task[0]} ({task[1]})")

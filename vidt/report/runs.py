@@ -69,14 +69,21 @@ def read_run(path: Path, point: dict | None = None) -> Run | None:
     norm = [_float(r.get("eval_normalized_score")) for r in evals]
     normalized = all(v is not None for v in norm)
     scores = norm if normalized else [_float(r["eval_return_mean"]) for r in evals]
-    steps = [int(float(r["online_env_steps"])) for r in evals]
-    budget = int(config["online"]["online_steps"])
-    done = [int(float(r["online_env_steps"])) for r in rows if r.get("phase") == "online"]
-    return Run(path=path, env_id=config["env_id"],
-               dataset=point.get("dataset") or Path(str(config["dataset"])).name,
-               algo=config["algo"], variant=point.get("variant", ""), seed=int(config["seed"]),
-               steps=np.asarray(steps), scores=np.asarray(scores, dtype=np.float64),
-               normalized=normalized, budget=budget, finished=bool(done) and max(done) >= budget)
+    try:
+        steps = [int(float(r["online_env_steps"])) for r in evals]
+        reached = max(int(float(r["online_env_steps"])) for r in rows)
+        budget = int(config["online"]["online_steps"])
+        env_id, algo, seed = config["env_id"], config["algo"], int(config["seed"])
+        dataset = point.get("dataset") or Path(str(config["dataset"])).name
+    except (KeyError, TypeError, ValueError) as e:
+        raise VidtError(f"{path}: not a vidt run ({type(e).__name__}: {e} in config.json or "
+                        "metrics.csv)") from None
+    # The first row comes when pretraining ends (online step 0): with no online budget, that
+    # row ends the run.
+    return Run(path=path, env_id=env_id, dataset=dataset, algo=algo,
+               variant=point.get("variant", ""), seed=seed, steps=np.asarray(steps),
+               scores=np.asarray(scores, dtype=np.float64), normalized=normalized,
+               budget=budget, finished=reached >= budget)
 
 
 def find_runs(root: Path) -> tuple[list[Run], list[Path], list[Path]]:

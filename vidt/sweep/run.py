@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidt.errors import VidtError
-from vidt.files import atomic_write_text
+from vidt.files import atomic_write_text, training_pid
 from vidt.procs import with_parent
 
 from .spec import Point, Sweep
@@ -68,10 +68,12 @@ def log_path(sweep: Sweep, p: Point) -> Path:
     return sweep.root / "logs" / p.run_dir.relative_to(sweep.root).with_suffix(".log")
 
 
-def train_task(args: list[str], log: str, stop_file: str) -> dict:
+def train_task(args: list[str], log: str, stop_file: str, cwd: str | None = None) -> dict:
     """Body of one Ray task: `vidt train ARGS`, stderr to `log`. When `stop_file` appears (the
     sweep was interrupted; it lives in the sweep's root, which every node sees) or a Ray
-    cancel lands, the run gets SIGINT, writes its checkpoint and stops."""
+    cancel lands, the run gets SIGINT, writes its checkpoint and stops. cwd: the sweep's
+    working directory, where the file's relative paths point (a task on another node starts
+    elsewhere; the paths stay as written, so a resumed run's config still matches)."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     with open(log, "a") as err:
@@ -79,9 +81,14 @@ def train_task(args: list[str], log: str, stop_file: str) -> dict:
         err.flush()
         # SIGINT if this worker dies (Ray shutdown, a lost node): the run checkpoints and
         # stops instead of going on unseen and holding its directory's lock.
+        # Its own session: a terminal's Ctrl-C goes to the whole foreground process group, and
+        # a trainer that got it there and again from this task would take the second as "stop
+        # now" and skip its checkpoint. Ray 2.x puts its workers in groups of their own; this
+        # keeps it so whatever Ray does. One SIGINT, from here.
         proc = subprocess.Popen(with_parent([sys.executable, "-m", "vidt.cli.main", "train",
                                              *args], signal.SIGINT),
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+                                stdout=subprocess.PIPE, stderr=err, text=True,
+                                start_new_session=True, cwd=cwd)
         try:
             while True:
                 try:
@@ -107,13 +114,21 @@ def train_task(args: list[str], log: str, stop_file: str) -> dict:
 
 
 def write_index(sweep: Sweep) -> None:
-    """ROOT/sweep.json: each run directory's grid point, for `vidt report`."""
+    """ROOT/sweep.json: each run directory's grid point, for `vidt report`. Points an earlier
+    version of the file had (a variant since removed) stay listed while their directories
+    exist, so the report still names what they were."""
     sweep.root.mkdir(parents=True, exist_ok=True)
-    runs = {str(p.run_dir.relative_to(sweep.root)): {
+    index = sweep.root / "sweep.json"
+    try:
+        kept = {rel: point for rel, point in json.loads(index.read_text())["runs"].items()
+                if (sweep.root / rel).is_dir()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        kept = {}  # none yet (or unreadable: rewritten whole from this file)
+    runs = {**kept, **{str(p.run_dir.relative_to(sweep.root)): {
         "env_id": p.dataset.env_id, "dataset": p.dataset.name, "algo": p.algo,
-        "variant": p.variant, "sets": list(p.sets), "seed": p.seed} for p in sweep.points}
+        "variant": p.variant, "sets": list(p.sets), "seed": p.seed} for p in sweep.points}}
     atomic_write_text(json.dumps({"sweep_file": str(sweep.file), "runs": runs}, indent=1),
-                      sweep.root / "sweep.json")
+                      index)
 
 
 def collect_missing(sweep: Sweep, echo: Callable[[str], None]) -> None:
@@ -189,8 +204,9 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
             while queue and len(running) < cap:
                 p = queue.pop(0)
                 resume = (p.run_dir / "config.json").exists()
-                ref = task.remote(sweep.train_args(p, resume), str(log_path(sweep, p)),
-                                  str(stop_file))
+                ref = task.remote(sweep.train_args(p, resume),
+                                  str(log_path(sweep, p).absolute()), str(stop_file.absolute()),
+                                  os.getcwd())
                 running[ref] = (p, time.monotonic())
                 echo(f"start  {p.name}{' (resuming)' if resume else ''}; curve: "
                      f"{p.run_dir / 'learning_curve.png'}")
@@ -244,8 +260,6 @@ def _raise_interrupt(signum, frame):
 def _wait_released(points: list[Point], echo, timeout: float = 300.0) -> None:
     """Until no `vidt train` holds these runs' directories (their checkpoints are written),
     as far as this machine can see: Ray reports a cancelled task before its process is done."""
-    from vidt.train.checkpoint import training_pid
-
     deadline = time.monotonic() + timeout
     busy = [p for p in points if training_pid(p.run_dir)]
     while busy and time.monotonic() < deadline:

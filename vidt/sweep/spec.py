@@ -103,6 +103,8 @@ def slug(text: str) -> str:
 
 
 def _keys(table: dict, allowed: set, where: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table (keys and values), got {table!r}")
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
@@ -154,6 +156,9 @@ def parse(path: Path) -> Sweep:
             raise ConfigError(f"{at}: 'env' (a Gymnasium id) is required")
         if "path" in d and "collect" in d:
             raise ConfigError(f"{at}: give 'path' or 'collect', not both")
+        for key in ("name", "path"):
+            if key in d and not (isinstance(d[key], str) and d[key]):
+                raise ConfigError(f"{at}: '{key}' must be a non-empty string, got {d[key]!r}")
         name = d.get("name") or (Path(d["path"]).stem if "path" in d else "builtin")
         collect = d.get("collect")
         ds_path = d.get("path")
@@ -164,10 +169,11 @@ def parse(path: Path) -> Sweep:
             collect = {"policy": "random", "seed": 0, **collect}
             ds_path = str(root / "data" / f"{d['env']}-{slug(name)}")
         datasets.append(Dataset(d["env"], name, ds_path, collect))
-    seen = [(d.env_id, d.name) for d in datasets]
-    dup = next((s for s in seen if seen.count(s) > 1), None)
+    seen = [(d.env_id, slug(d.name)) for d in datasets]  # as directory names
+    dup = next((d for d, s in zip(datasets, seen) if seen.count(s) > 1), None)
     if dup:
-        raise ConfigError(f"{where}: dataset {dup[1]!r} of {dup[0]} is listed twice")
+        raise ConfigError(f"{where}: dataset {dup.name!r} of {dup.env_id} is listed twice (or "
+                          "under a name that makes the same directory name)")
 
     grid = data.get("grid")
     if not isinstance(grid, dict):

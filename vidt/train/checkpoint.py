@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vidt.errors import ConfigError, ModelFileError, StorageError
-from vidt.files import atomic_write
+from vidt.files import LOCK_FILE, atomic_write, training_pid  # noqa: F401 (re-exported)
 from vidt.model.dt import Actor, DecisionTransformer, ModelConfig, ModelSpec
 
 CHECKPOINT = "checkpoint.pt"
@@ -41,7 +41,6 @@ def atomic_save(obj, path: str | Path) -> None:
 # Files of a run directory written through vidt.files.atomic_write: a SIGKILL mid-write leaves
 # `.NAME.XXXX.tmp` behind, which the next trainer on that directory removes.
 ATOMIC_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, ACTOR_BEST, "learning_curve.png")
-LOCK_FILE = ".vidt-train.lock"
 
 
 def remove_stale_temps(run_dir: Path) -> list[str]:
@@ -84,25 +83,6 @@ class RunDirLock:
             self._fd = None
 
     __del__ = release
-
-
-def training_pid(run_dir: str | Path) -> str | None:
-    """The pid of the `vidt train` holding RUN_DIR's lock, or None when no trainer runs there
-    (the lock is taken and given back at once, so this never blocks a trainer)."""
-    path = Path(run_dir) / LOCK_FILE
-    try:
-        import fcntl
-
-        fd = os.open(path, os.O_RDONLY)
-    except (ImportError, OSError):
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-    finally:
-        os.close(fd)  # also drops the shared lock, if it was taken
-    return None
 
 
 def load_file(path: str | Path, map_location="cpu") -> dict:
