@@ -169,6 +169,31 @@ def test_a_failing_point_is_reported_and_the_others_finish(tmp_path):
     assert "Traceback" not in res.stderr
 
 
+def test_a_run_stopped_by_itself_makes_the_sweep_exit_non_zero(tmp_path):
+    """Someone stops one run's trainer (kill -INT PID): it checkpoints, the sweep goes on with
+    the others, and its exit status says not all finished."""
+    from vidt.files import training_pid
+
+    f, root = sweep_file(tmp_path, "self", algos='["odt"]')
+    f.write_text(f.read_text().replace("seeds = [0, 1]", "seeds = [0]"))
+    proc = subprocess.Popen([sys.executable, "-m", "vidt.cli.main", "sweep", str(f)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        run = root / "vidt-OneState-v0-builtin" / "odt" / "s0"
+        deadline = time.monotonic() + 120
+        while not training_pid(run):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        os.kill(int(training_pid(run)), signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=300) == 1, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "0 finished, 0 already finished, 0 failed, 1 interrupted" in rest
+    assert "1 run(s) stopped before finishing: run the same command again" in rest
+
+
 @pytest.mark.parametrize("text, message", [
     ('root = "R"\nbogus = 1\n', "unknown key 'bogus'"),
     ('root = "R"\n[grid]\nalgos = ["vidt"]\nseeds = [0]\n', "no [[datasets]]: the grid is empty"),
