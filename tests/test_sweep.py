@@ -64,6 +64,17 @@ def runs(root: Path) -> dict[str, Path]:
     return {str(p.parent.relative_to(root)): p.parent for p in root.rglob("config.json")}
 
 
+def trainer_of(run_dir: Path, sweep: subprocess.Popen, timeout: float = 120) -> int:
+    """The pid of the `vidt train` at work in run_dir, once it has started."""
+    from vidt.files import training_pid
+
+    deadline = time.monotonic() + timeout
+    while not training_pid(run_dir):
+        assert time.monotonic() < deadline and sweep.poll() is None
+        time.sleep(0.05)
+    return int(training_pid(run_dir))
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The 2x2 grid run once, uninterrupted."""
@@ -120,15 +131,10 @@ def test_an_interrupted_sweep_goes_on_without_redoing_and_ends_as_uninterrupted(
             if line.startswith("start"):
                 started.append(Path(line.split()[1].rstrip(";")))
                 break
-        from vidt.files import training_pid
-
-        deadline = time.monotonic() + 120
-        while not training_pid(started[-1]):  # it is training
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
+        pid = trainer_of(started[-1], proc)
         # Ctrl-C reaches the trainer once, from its task: outside the group a terminal signals
         # (a second SIGINT would make it stop without a checkpoint).
-        assert os.getpgid(int(training_pid(started[-1]))) != proc.pid
+        assert os.getpgid(pid) != proc.pid
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
         rest = proc.stderr.read()
         assert proc.wait(timeout=300) == 130, rest
@@ -172,19 +178,13 @@ def test_a_failing_point_is_reported_and_the_others_finish(tmp_path):
 def test_a_run_stopped_by_itself_makes_the_sweep_exit_non_zero(tmp_path):
     """Someone stops one run's trainer (kill -INT PID): it checkpoints, the sweep goes on with
     the others, and its exit status says not all finished."""
-    from vidt.files import training_pid
-
     f, root = sweep_file(tmp_path, "self", algos='["odt"]')
     f.write_text(f.read_text().replace("seeds = [0, 1]", "seeds = [0]"))
     proc = subprocess.Popen([sys.executable, "-m", "vidt.cli.main", "sweep", str(f)],
                             stderr=subprocess.PIPE, text=True)
     try:
-        run = root / "vidt-OneState-v0-builtin" / "odt" / "s0"
-        deadline = time.monotonic() + 120
-        while not training_pid(run):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
-        os.kill(int(training_pid(run)), signal.SIGINT)
+        os.kill(trainer_of(root / "vidt-OneState-v0-builtin" / "odt" / "s0", proc),
+                signal.SIGINT)
         rest = proc.stderr.read()
         assert proc.wait(timeout=300) == 1, rest
     finally:
