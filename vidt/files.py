@@ -1,6 +1,7 @@
 """Files written atomically: a temp file beside the target, fsynced, renamed over it. The
-file is the old one or the new one, never half of either, whatever kills the process. Torch
-free, so the sweep driver and `vidt report` use it without loading torch."""
+file is the old one or the new one, never half of either, whatever kills the process. And
+who holds a run directory (the trainer's lock). Torch free, so the sweep driver and `vidt
+report` use it without loading torch."""
 
 from __future__ import annotations
 
