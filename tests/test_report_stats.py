@@ -62,3 +62,22 @@ def test_bootstrap_resamples_each_task_on_its_own_not_whole_runs():
     # run, so the IQM would always be 5; resampling each task on its own also draws all zeros
     # (1 in 16) and all tens, so the 95% interval spans both.
     assert stratified_bootstrap_ci([[0.0, 10.0], [10.0, 0.0]], reps=2000) == (0.0, 10.0)
+
+
+def test_the_report_says_what_the_aggregate_leaves_out(tmp_path):
+    from vidt.report.report import summarize
+    from vidt.report.runs import Run
+
+    def run(env, algo, seed, final):
+        return Run(tmp_path / f"{env}-{algo}-{seed}", env, "d", algo, "", seed,
+                   np.array([0, 10]), np.array([0.0, final]), True, 10, True)
+
+    runs = [run("E1", "a", 0, 1.0), run("E1", "a", 1, 3.0), run("E2", "a", 0, 5.0),
+            run("E1", "b", 0, 2.0)]
+    s = summarize(runs, reps=50)
+    assert s["aggregate_notes"] == [
+        "a: 1 run(s) per task, the lowest seeds, of 3 finished (the score matrix has the same "
+        "runs on every task)",
+        "b: left out, no finished run on E2 d"]
+    (a,) = s["aggregate"]  # seed 0 on each task: finals 1 and 5
+    assert (a["method"], a["iqm"], a["runs_per_task"]) == ("a", 3.0, 1)
