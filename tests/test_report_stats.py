@@ -81,3 +81,19 @@ def test_the_report_says_what_the_aggregate_leaves_out(tmp_path):
         "b: left out, no finished run on E2 d"]
     (a,) = s["aggregate"]  # seed 0 on each task: finals 1 and 5
     assert (a["method"], a["iqm"], a["runs_per_task"]) == ("a", 3.0, 1)
+
+
+def test_curves_are_averaged_at_common_steps_not_by_evaluation_index(tmp_path):
+    from vidt.report.report import mean_curve
+    from vidt.report.runs import Run
+
+    def run(steps, scores):
+        return Run(tmp_path, "E", "d", "a", "", 0, np.array(steps), np.array(scores, float),
+                   True, 10, True)
+
+    # One run evaluates at 0, 10, 20; the other at 0, 5, 15, 25 (longer episodes, one more
+    # evaluation). Both score = step, so their mean at any common step is that step.
+    x, mu, sd = mean_curve([run([0, 10, 20], [0, 10, 20]), run([0, 5, 15, 25], [0, 5, 15, 25])])
+    np.testing.assert_allclose(x, [0, 20 / 3, 40 / 3, 20])
+    np.testing.assert_allclose(mu, x)
+    np.testing.assert_allclose(sd, 0, atol=1e-12)

@@ -151,9 +151,20 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def mean_curve(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, mean and std over `runs` of their scores, each run linearly interpolated onto
+    common steps: runs evaluate where their episodes end, so at different online steps and
+    not always as often. The steps run to the shortest run's last evaluation, as many as the
+    most evaluated run has."""
+    end = min(int(r.steps[-1]) for r in runs)
+    x = np.linspace(0, end, max(len(r.steps) for r in runs))
+    y = np.stack([np.interp(x, r.steps, r.scores) for r in runs])
+    return x, y.mean(0), y.std(0)
+
+
 def plot_task(runs: list[Run], task: tuple[str, str], path: Path) -> None:
     """Curves of one task: per method, the mean over finished seeds with a ±1 std band
-    (evaluations aligned by index); runs still going as thin dotted lines."""
+    (`mean_curve`); runs still going as thin dotted lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,10 +176,7 @@ def plot_task(runs: list[Run], task: tuple[str, str], path: Path) -> None:
         color = f"C{i}"
         mine = [r for r in here if r.method == m and r.finished]
         if mine:
-            n = min(len(r.scores) for r in mine)
-            y = np.stack([r.scores[:n] for r in mine])
-            x = np.mean([r.steps[:n] for r in mine], axis=0)
-            mu, sd = y.mean(0), y.std(0)
+            x, mu, sd = mean_curve(mine)
             ax.plot(x, mu, color=color, label=f"{m} ({len(mine)} seeds)")
             ax.fill_between(x, mu - sd, mu + sd, color=color, alpha=0.2)
         for r in (r for r in here if r.method == m and not r.finished):
