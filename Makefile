@@ -42,17 +42,19 @@ soak: $(STAMP)
 gpu-check: $(STAMP)
 	$(BIN)/python scripts/gpu_check.py
 
-# Python 3.12 wheels of what the borrowed GPU machine lacks (it has its own CUDA torch and
-# numpy), into .gpu-wheels/ (~55 MB) to travel with the tree; there, before the check:
-#   pip install --no-index --no-deps .gpu-wheels/*.whl && pip install --no-deps -e .
-GPU_WHEELS := gymnasium farama-notifications cloudpickle mujoco mujoco-core glfw absl-py \
-	etils minari h5py onnx ml-dtypes pytest pluggy iniconfig pytest-timeout click tqdm \
-	tensorboard tensorboard-data-server markdown werkzeug matplotlib contourpy cycler \
-	fonttools kiwisolver pyparsing pillow python-dateutil prometheus-client
+# Python 3.12 wheels of what the borrowed GPU machine lacks (its image has CUDA torch, numpy,
+# onnx, onnxruntime, matplotlib, h5py, pytest, click, tqdm, tensorboard, prometheus-client;
+# the device tool's KINDS.md lists them), into .gpu-wheels/ (~25 MB) to travel with the tree.
+# grpc and protobuf travel pinned: the generated vidt/v1 code refuses older runtimes.
+# There, scripts/gpu_device.sh installs them and runs the check.
+GPU_WHEELS := gymnasium farama-notifications mujoco mujoco-core glfw minari \
+	grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2
 gpu-wheels: $(STAMP)
+	rm -rf .gpu-wheels
 	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 \
-		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-		--platform manylinux2014_x86_64 --platform any -d .gpu-wheels $(GPU_WHEELS)
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+		-d .gpu-wheels $(GPU_WHEELS)
 	@du -sh .gpu-wheels
 
 demo: $(STAMP)
