@@ -72,7 +72,8 @@ def switches(device: str) -> dict:
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           str(ROOT / "tests" / "test_train_switches.py"), "-k", sel],
                          capture_output=True, text=True, timeout=400, cwd=ROOT)
-    last = (res.stdout.strip().splitlines() or ["(no output)"])[-1]
+    # pytest's own failures (a conftest that cannot import) go to stderr.
+    last = ((res.stdout.strip() or res.stderr.strip()).splitlines() or ["(no output)"])[-1]
     return {"passed": res.returncode == 0, "summary": last}
 
 

@@ -20,7 +20,7 @@ CHECK_S=${CHECK_S:-300}    # hard deadline for gpu_check (its sections stop star
 SERVE_S=${SERVE_S:-220}    # hard deadline for the serving benchmark
 WHEELS=${WHEELS:-.gpu-wheels}
 export PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(realpath "$OUT")
 
 shopt -s nullglob
 wheels=("$WHEELS"/*.whl)
@@ -33,6 +33,12 @@ fi
 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
     --upgrade --target "$SITE" . || exit 1
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+# Run from a copy: in the checkout, its vidt/ (which lacks vidt.serving and vidt.cli: they
+# exist only installed) would shadow the installed package for `python -m` and pytest.
+[[ -n "${SERVE_MODEL:-}" ]] && SERVE_MODEL=$(realpath "$SERVE_MODEL")
+RUN=$(mktemp -d)
+cp -r scripts benchmarks tests pyproject.toml "$RUN"/
+cd "$RUN" || exit 1
 
 {
     date -u
