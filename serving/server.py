@@ -71,6 +71,9 @@ class ServerConfig:
     insecure: bool = False  # allow a non-loopback address without TLS or token
     grace_s: float = 10.0  # on SIGTERM: time for open episodes and calls to finish
     max_batch_requests: int = 1024  # most requests in one ActBatch; sizes the message limit
+    transport: str = "threads"  # or "asyncio" (aio.py): more steps/s under many clients
+
+    TRANSPORTS = ("threads", "asyncio")
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -84,6 +87,9 @@ class ServerConfig:
             raise ConfigError("batch_window_us and grace_s must be >= 0, idle_timeout_s > 0 "
                               f"(got {self.batch_window_us}, {self.grace_s}, "
                               f"{self.idle_timeout_s})")
+        if self.transport not in self.TRANSPORTS:
+            raise ConfigError(f"transport must be one of {', '.join(self.TRANSPORTS)}, got "
+                              f"{self.transport!r}")
         if self.auth_token is not None and not self.auth_token.strip():
             raise ConfigError("the auth token is empty")
         if not (is_loopback(self.host) or self.tls_cert or self.auth_token or self.insecure):
@@ -163,14 +169,48 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._streams: dict[int, list] = {}
         self._streams_lock = threading.Lock()
 
-    def _fail(self, context, method: str, e: Exception):
+    def _status(self, method: str, e: Exception) -> tuple[grpc.StatusCode, str]:
+        """The status a failed call ends with (counted in the metrics)."""
         if isinstance(e, ServingError):
             code, msg = e.code, str(e)
         else:  # a bug: log it here, and tell the client no more than that
             log.exception("%s failed", method)
             code, msg = "INTERNAL", f"internal error ({type(e).__name__}); see the server log"
         self.metrics.record(method, code)
-        context.abort(grpc.StatusCode[code], msg)
+        return grpc.StatusCode[code], msg
+
+    def _fail(self, context, method: str, e: Exception):
+        context.abort(*self._status(method, e))
+
+    # The parts of the calls that do not wait for inference, shared with the asyncio servicer.
+    def _create(self, request) -> pb.CreateSessionResponse:
+        if request.HasField("resume"):
+            c = self.store.resume(_resume_state(request.resume))
+        else:
+            target = request.target_return if request.HasField("target_return") else None
+            c = self.store.create(target)
+        self.metrics.record("CreateSession", "OK")
+        return pb.CreateSessionResponse(session_id=c.session_id, target_return=c.target_return,
+                                        context_length=c.context_length,
+                                        idle_timeout_s=c.idle_timeout_s)
+
+    def _close(self, request) -> pb.CloseSessionResponse:
+        s = self.store.close(request.session_id)
+        self.metrics.record("CloseSession", "OK")
+        return pb.CloseSessionResponse(steps=s.steps, total_reward=s.total_reward)
+
+    def _batch_steps(self, request) -> list[StepRequest]:
+        n = len(request.requests)
+        if n > self.max_batch_requests:
+            raise InvalidArgument(f"{n} requests in one ActBatch; this server takes at "
+                                  f"most {self.max_batch_requests}")
+        return [_step(r) for r in request.requests]
+
+    def _batch_done(self, results, t0: float) -> pb.ActBatchResponse:
+        answer = pb.ActBatchResponse(responses=[_answer(r) for r in results])
+        self.metrics.act_latency.labels("ActBatch").observe(time.perf_counter() - t0)
+        self.metrics.record("ActBatch", "OK")
+        return answer
 
     def GetPolicyInfo(self, request, context):
         self.metrics.record("GetPolicyInfo", "OK")
@@ -178,17 +218,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     def CreateSession(self, request, context):
         try:
-            if request.HasField("resume"):
-                c = self.store.resume(_resume_state(request.resume))
-            else:
-                target = request.target_return if request.HasField("target_return") else None
-                c = self.store.create(target)
+            return self._create(request)
         except Exception as e:
             self._fail(context, "CreateSession", e)
-        self.metrics.record("CreateSession", "OK")
-        return pb.CreateSessionResponse(session_id=c.session_id, target_return=c.target_return,
-                                        context_length=c.context_length,
-                                        idle_timeout_s=c.idle_timeout_s)
 
     def Act(self, request, context):
         t0 = time.perf_counter()
@@ -203,20 +235,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def ActBatch(self, request, context):
         t0 = time.perf_counter()
         try:
-            n = len(request.requests)
-            if n > self.max_batch_requests:
-                raise InvalidArgument(f"{n} requests in one ActBatch; this server takes at "
-                                      f"most {self.max_batch_requests}")
-            results = self.store.act_batch([_step(r) for r in request.requests])
-            answer = pb.ActBatchResponse(responses=[_answer(r) for r in results])
+            return self._batch_done(self.store.act_batch(self._batch_steps(request)), t0)
         except Exception as e:
             self._fail(context, "ActBatch", e)
-        self.metrics.act_latency.labels("ActBatch").observe(time.perf_counter() - t0)
-        self.metrics.record("ActBatch", "OK")
-        return answer
 
     def ActStream(self, request_iterator, context):
-        entry = [context, time.monotonic()]
+        entry = [context.cancel, time.monotonic()]
         with self._streams_lock:
             self._streams[id(entry)] = entry
         try:
@@ -242,17 +266,15 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         now = time.monotonic()
         with self._streams_lock:
             idle = [e for e in self._streams.values() if now - e[1] > idle_s]
-        for context, _ in idle:
-            context.cancel()
+        for cancel, _ in idle:
+            cancel()
         return len(idle)
 
     def CloseSession(self, request, context):
         try:
-            s = self.store.close(request.session_id)
+            return self._close(request)
         except Exception as e:
             self._fail(context, "CloseSession", e)
-        self.metrics.record("CloseSession", "OK")
-        return pb.CloseSessionResponse(steps=s.steps, total_reward=s.total_reward)
 
 
 class BearerAuth(grpc.ServerInterceptor):
@@ -325,6 +347,43 @@ def check_bindable(host: str, port: int, option: str) -> None:
                               f"{e.strerror or e}") from None
 
 
+class _ThreadsTransport:
+    """grpc's synchronous server: a worker thread per call in progress."""
+
+    def __init__(self, servicer: PolicyServicer, options, auth_token: str | None, metrics,
+                 health_names, reflected, threads: int):
+        self.health_names = health_names
+        interceptors = [BearerAuth(auth_token, metrics)] if auth_token else []
+        self.server = grpc.server(
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vidt-grpc"),
+            interceptors=interceptors, options=options)
+        pb_grpc.add_PolicyServiceServicer_to_server(servicer, self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(reflected, self.server)
+
+    def add_port(self, address: str, creds=None) -> int:
+        if creds is None:
+            return self.server.add_insecure_port(address)
+        return self.server.add_secure_port(address, creds)
+
+    def start(self) -> None:
+        self.server.start()
+
+    def set_health(self, status) -> None:
+        for name in self.health_names:
+            self.health.set(name, status)
+
+    def health_shutdown(self) -> None:
+        self.health.enter_graceful_shutdown()
+
+    def stop(self, grace: float | None) -> None:
+        self.server.stop(grace).wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return not self.server.wait_for_termination(timeout)
+
+
 class PolicyServer:
     """A PolicyService for one loaded policy (an OnnxPolicy, or anything with `metadata`,
     `provider` and `predict`). Binds in the constructor (a taken port fails there), serves
@@ -335,18 +394,13 @@ class PolicyServer:
         self.config = c = config or ServerConfig()
         m = policy.metadata
         self.metrics = Metrics()
+        # The threads transport's batcher; the asyncio one brings its own (AsyncBatcher).
         self.batcher = Batcher(policy.predict, c.max_batch, c.batch_window_us,
                                on_batch=self.metrics.batch_size.observe)
         self.store = SessionStore(m, self.batcher, max_sessions=c.max_sessions,
                                   idle_timeout_s=c.idle_timeout_s)
         self.metrics.watch_store(self.store)
         self.info = _policy_info(policy)
-        self.servicer = PolicyServicer(self.store, self.info, self.metrics,
-                                       c.max_batch_requests)
-
-        self.health = health.HealthServicer()
-        for name in HEALTH_NAMES:  # "" starts SERVING in grpc's servicer: not before warm-up
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
         recv, send = message_limits(m.obs_dim, m.act_dim, c.max_batch_requests)
         options = [
@@ -354,14 +408,23 @@ class PolicyServer:
             ("grpc.max_receive_message_length", recv),
             ("grpc.max_send_message_length", send),
         ]
-        interceptors = [BearerAuth(c.auth_token, self.metrics)] if c.auth_token else []
-        self._grpc = grpc.server(
-            ThreadPoolExecutor(max_workers=c.threads, thread_name_prefix="vidt-grpc"),
-            interceptors=interceptors, options=options)
-        pb_grpc.add_PolicyServiceServicer_to_server(self.servicer, self._grpc)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
+        reflected = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        if c.transport == "asyncio":
+            from .aio import AioPolicyServicer, AioTransport
+
+            self.servicer = AioPolicyServicer(self.store, self.info, self.metrics,
+                                              c.max_batch_requests)
+            self._transport = AioTransport(
+                self.servicer, options, c.auth_token, self.metrics, HEALTH_NAMES, reflected,
+                c.max_batch, policy.predict, self.metrics.batch_size.observe)
+            self.batcher = self._transport.batcher
+        else:
+            self.servicer = PolicyServicer(self.store, self.info, self.metrics,
+                                           c.max_batch_requests)
+            self._transport = _ThreadsTransport(self.servicer, options, c.auth_token,
+                                                self.metrics, HEALTH_NAMES, reflected, c.threads)
+        # "" starts SERVING in grpc's servicer: not before the warm-up.
+        self._transport.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
         host = f"[{c.host}]" if ":" in c.host and not c.host.startswith("[") else c.host
         address = f"{host}:{c.port}"
@@ -376,10 +439,10 @@ class PolicyServer:
                     raise ConfigError(f"{c.tls_cert} is not a PEM certificate (chain)")
                 if b"PRIVATE KEY-----" not in key:
                     raise ConfigError(f"{c.tls_key} is not a PEM private key")
-                creds = grpc.ssl_server_credentials([(key, cert)])
-                port = self._grpc.add_secure_port(address, creds)
+                port = self._transport.add_port(address,
+                                                grpc.ssl_server_credentials([(key, cert)]))
             else:
-                port = self._grpc.add_insecure_port(address)
+                port = self._transport.add_port(address)
         except OSError as e:
             raise ConfigError(f"cannot read the TLS files: {e}") from None
         except RuntimeError as e:
@@ -397,7 +460,7 @@ class PolicyServer:
         self.metrics_port: int | None = None
 
     def start(self) -> None:
-        self._grpc.start()
+        self._transport.start()
         if self.config.metrics_port is not None:  # /ready says 503 until the warm-up is done
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host,
                                                    ready=lambda: self.serving)
@@ -406,8 +469,7 @@ class PolicyServer:
         self.policy.predict(m.new_window().observe(np.zeros(m.obs_dim, np.float32)))
         self._sweeper = threading.Thread(target=self._sweep, name="vidt-expiry", daemon=True)
         self._sweeper.start()
-        for name in HEALTH_NAMES:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._transport.set_health(health_pb2.HealthCheckResponse.SERVING)
         self.serving = True
 
     def _sweep(self) -> None:
@@ -427,7 +489,7 @@ class PolicyServer:
         calls in flight get up to a second to finish, and the server stops."""
         grace_s = self.config.grace_s if grace_s is None else grace_s
         self.serving = False
-        self.health.enter_graceful_shutdown()
+        self._transport.health_shutdown()
         self.store.drain()
         deadline = time.monotonic() + grace_s
         while self.store.active and time.monotonic() < deadline:
@@ -441,14 +503,15 @@ class PolicyServer:
 
     def stop(self, grace: float | None = 0) -> None:
         self.serving = False
-        self.health.enter_graceful_shutdown()
+        self._transport.health_shutdown()
         self.store.drain()
         self._stopping.set()
-        self._grpc.stop(grace).wait()
+        self._transport.stop(grace)
         self.metrics.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._grpc.wait_for_termination(timeout)
+        """Block until the server stops or `timeout` passes; True if it has stopped."""
+        return self._transport.wait(timeout)
 
 
 def serve(model: str | Path, config: ServerConfig, provider: str = "auto",

@@ -19,11 +19,14 @@ status. The rules it implements (proto/vidt/v1/policy.proto):
   so that a client can finish its episode within the server's grace period.
 
 Inference is injected (`infer(list[WindowInputs]) -> (n, A)`): a `Batcher` in the server,
-`policy.act_batch` or any function in tests and embeddings.
+`policy.act_batch` or any function in tests and embeddings. The asyncio transport steps
+through `act_async`/`act_batch_async` with `infer_async(list[WindowInputs]) -> Future of
+(n, A)` (an `AsyncBatcher`); both paths share every rule above.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
@@ -40,9 +43,28 @@ from vidt.window import ContextWindow, WindowInputs
 log = logging.getLogger(__name__)
 
 Infer = Callable[[list[WindowInputs]], np.ndarray]
+InferAsync = Callable[[list[WindowInputs]], "asyncio.Future[np.ndarray]"]
 
 # The actor sees float32: a target return or return-to-go beyond this is infinite to it.
 F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _nonempty(requests: Sequence[StepRequest]) -> list[StepRequest]:
+    if not requests:
+        raise InvalidArgument("empty batch: ActBatch needs at least one request")
+    return list(requests)
+
+
+def _resolve(f: asyncio.Future) -> None:
+    if not f.done():  # a waiter cancelled meanwhile
+        f.set_result(None)
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Mark a shielded settle's error as seen: its caller may have been cancelled, and the
+    error is the caller's to raise, not the event loop's to log."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _quote(sid: str, limit: int = 64) -> str:
@@ -131,17 +153,22 @@ class SessionSummary:
 class _Pending:
     """A step being computed: a retry of the same step waits for it instead of recomputing."""
 
-    __slots__ = ("step", "done", "result", "error")
+    __slots__ = ("step", "waiters", "result", "error")
 
     def __init__(self, step: int):
         self.step = step
-        self.done: threading.Event | None = None  # made by the first retry that must wait
+        self.waiters: list[Callable[[], None]] = []  # wake-ups of the retries that wait
         self.result: StepResult | None = None
         self.error: ServingError | None = None
 
     def finish(self) -> None:  # with the store's lock held
-        if self.done is not None:
-            self.done.set()
+        for wake in self.waiters:
+            wake()
+
+    def outcome(self) -> StepResult:
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]
 
 
 class _Session:
@@ -159,13 +186,14 @@ class SessionStore:
 
     def __init__(self, metadata, infer: Infer, *, max_sessions: int = 1024,
                  idle_timeout_s: float = 300.0, clock: Callable[[], float] = time.monotonic,
-                 ended_memory: int = 65536):
+                 ended_memory: int = 65536, infer_async: InferAsync | None = None):
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         if not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
         self.meta = metadata
         self.infer = infer
+        self.infer_async = infer_async
         self.max_sessions = int(max_sessions)
         self.idle_timeout_s = float(idle_timeout_s)
         self.clock = clock
@@ -310,11 +338,66 @@ class SessionStore:
 
     def act_batch(self, requests: Sequence[StepRequest]) -> list[StepResult]:
         """One step each for distinct sessions, all-or-nothing; errors name the bad index."""
-        if not requests:
-            raise InvalidArgument("empty batch: ActBatch needs at least one request")
-        return self._act(list(requests), batch=True)
+        return self._act(_nonempty(requests), batch=True)
+
+    async def act_async(self, request: StepRequest) -> StepResult:
+        """`act` for callers on an event loop (inference through `infer_async`)."""
+        return (await self._act_async([request], batch=False))[0]
+
+    async def act_batch_async(self, requests: Sequence[StepRequest]) -> list[StepResult]:
+        return await self._act_async(_nonempty(requests), batch=True)
 
     def _act(self, requests: list[StepRequest], batch: bool) -> list[StepResult]:
+        results, waits, new = self._begin(requests, batch)
+        if new:
+            try:
+                out = self.infer([inp for *_, inp in new])
+            except Exception as e:
+                out = e
+            self._settle(new, results, batch, out)
+        for i, p in waits:
+            done = threading.Event()
+            with self._lock:
+                if p.result is None and p.error is None:
+                    p.waiters.append(done.set)
+                else:
+                    done.set()
+            done.wait()
+            results[i] = p.outcome()
+        return results  # type: ignore[return-value]
+
+    async def _act_async(self, requests: list[StepRequest], batch: bool) -> list[StepResult]:
+        results, waits, new = self._begin(requests, batch)
+        if new:
+            # The step is settled (kept, or undone on failure) even when this caller is
+            # cancelled while the batch runs: otherwise its session would stay pending forever.
+            settle = asyncio.ensure_future(self._settle_when_done(
+                self.infer_async([inp for *_, inp in new]), new, results, batch))
+            settle.add_done_callback(_retrieve)
+            await asyncio.shield(settle)
+        loop = asyncio.get_running_loop()
+        for i, p in waits:
+            done = loop.create_future()
+            with self._lock:
+                if p.result is None and p.error is None:
+                    p.waiters.append(lambda f=done: loop.call_soon_threadsafe(_resolve, f))
+                else:
+                    done.set_result(None)
+            await done
+            results[i] = p.outcome()
+        return results  # type: ignore[return-value]
+
+    async def _settle_when_done(self, inference, new, results, batch: bool) -> None:
+        try:
+            out = await inference
+        except Exception as e:
+            out = e
+        self._settle(new, results, batch, out)
+
+    def _begin(self, requests: list[StepRequest], batch: bool):
+        """Check every request and decide what each is (stored answer, in flight, new),
+        before any window changes. Returns (results, waits, new); `new` steps are pending
+        until `_settle`."""
         S = self.meta.obs_dim
         where = (lambda i: f"requests[{i}]: ") if batch else (lambda i: "")
         # Check everything that does not need the lock first.
@@ -375,8 +458,6 @@ class SessionStore:
                 if kind == "stored":
                     results[i] = s.last
                 elif kind == "wait":
-                    if s.pending.done is None:
-                        s.pending.done = threading.Event()
                     waits.append((i, s.pending))
                 else:
                     w = s.window.copy()  # stepped on; kept only if inference succeeds
@@ -384,18 +465,15 @@ class SessionStore:
                     s.pending = _Pending(r.step)
                     new.append((i, s, s.pending, w, inputs))
 
-        if new:
-            self._run(new, results, batch)
-        for i, p in waits:
-            p.done.wait()
-            if p.error is not None:
-                raise p.error
-            results[i] = p.result
-        return results  # type: ignore[return-value]
+        return results, waits, new
 
-    def _run(self, new, results, batch: bool) -> None:
+    def _settle(self, new, results, batch: bool, out) -> None:
+        """Keep the `new` steps' answers, given inference's output `out` (or the exception it
+        raised), or undo them all and raise."""
         try:
-            actions = np.asarray(self.infer([inp for *_, inp in new]), dtype=np.float32)
+            if isinstance(out, BaseException):
+                raise out
+            actions = np.asarray(out, dtype=np.float32)
             if actions.shape != (len(new), self.meta.act_dim):
                 raise ValueError(f"inference returned shape {actions.shape}, expected "
                                  f"{(len(new), self.meta.act_dim)}")

@@ -121,12 +121,17 @@ def episode(n: int = 8, S: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 
 
 
+# The transport running_server uses unless told; test_serving_server.py runs on each.
+TRANSPORT = {"name": "threads"}
+
+
 @contextlib.contextmanager
 def running_server(policy, **config):
     """A real PolicyServer on a free loopback port, stopped on exit. Yields the server."""
     from vidt.serving.server import PolicyServer, ServerConfig
 
     config.setdefault("port", 0)
+    config.setdefault("transport", TRANSPORT["name"])
     server = PolicyServer(policy, ServerConfig(**config))
     server.start()
     try:

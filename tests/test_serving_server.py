@@ -1,5 +1,6 @@
 """The gRPC server and client against real servers on loopback ports, with a real ONNX file
-loaded by OnnxPolicy: every RPC and every status code of proto/vidt/v1/policy.proto."""
+loaded by OnnxPolicy: every RPC and every status code of proto/vidt/v1/policy.proto, on each
+transport (threads, asyncio)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+import serving_util
 from serving_util import (
     episode,
     free_port,
@@ -35,8 +37,15 @@ def policy(tmp_path_factory):
     return OnnxPolicy(path, provider="cpu", intra_op_threads=1)
 
 
+@pytest.fixture(scope="module", autouse=True, params=ServerConfig.TRANSPORTS)
+def transport(request):
+    serving_util.TRANSPORT["name"] = request.param
+    yield request.param
+    serving_util.TRANSPORT["name"] = "threads"
+
+
 @pytest.fixture(scope="module")
-def server(policy):
+def server(policy, transport):
     with running_server(policy, idle_timeout_s=60, metrics_port=0) as srv:
         yield srv
 
@@ -98,10 +107,10 @@ def test_health_for_both_names_and_reflection(server):
         assert db.FindFileContainingSymbol("vidt.v1.PolicyService").name == "vidt/v1/policy.proto"
 
 
-def test_health_is_not_serving_before_start(policy):
-    srv = PolicyServer(policy, ServerConfig(port=0))
+def test_health_is_not_serving_before_start(policy, transport):
+    srv = PolicyServer(policy, ServerConfig(port=0, transport=transport))
     try:
-        srv._grpc.start()  # transport up, model not yet warmed up and declared
+        srv._transport.start()  # transport up, model not yet warmed up and declared
         assert health_status(srv.address, "") == "NOT_SERVING"
         assert health_status(srv.address, "vidt.v1.PolicyService") == "NOT_SERVING"
     finally:
@@ -406,13 +415,13 @@ def test_retry_on_deadline_exceeded_keeps_the_step(policy):
     np.testing.assert_allclose(np.stack(a), local_actions(policy, obs, rew), atol=1e-6)
 
 
-def test_retry_on_unavailable_until_the_server_is_up(policy):
+def test_retry_on_unavailable_until_the_server_is_up(policy, transport):
     port = free_port()
     holder = {}
 
     def start_later():
         time.sleep(0.3)
-        holder["srv"] = PolicyServer(policy, ServerConfig(port=port))
+        holder["srv"] = PolicyServer(policy, ServerConfig(port=port, transport=transport))
         holder["srv"].start()
 
     t = threading.Thread(target=start_later)
@@ -483,9 +492,9 @@ def test_tls_with_a_certificate_made_here(policy, tmp_path):
         assert health_status(address, "", credentials=creds) == "SERVING"
 
 
-def test_second_server_on_the_same_port_fails(server, policy):
+def test_second_server_on_the_same_port_fails(server, policy, transport):
     with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{server.port}"):
-        PolicyServer(policy, ServerConfig(port=server.port))
+        PolicyServer(policy, ServerConfig(port=server.port, transport=transport))
 
 
 def test_config_refuses_non_loopback_without_tls_or_token():
