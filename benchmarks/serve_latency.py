@@ -8,11 +8,13 @@
    and options) answering Act with a constant; onnxruntime batch 1 alone, same threads.
 2. One client: Act p50/p99, unary and stream, and the ratio
    Act p50 / (echo p50 + onnxruntime p50)                  target <= 1.15
+   for each transport (threads, the default; asyncio).
 3. 64 concurrent sessions (client processes x threads): steps/s with batching (the default
    flags) vs --max-batch 1                                  target >= 3x
    and against the echo server under the same load (the ceiling the clients and gRPC leave)
    batched / echo                                           target >= 0.8
-   with the server process's CPU per step in each (and with a zero model).
+   for each transport, with the server process's CPU per step in each (and with a zero
+   model).
 4. Where Act's time goes beyond the floor: the same server with a zero model (sessions,
    batcher and servicer, no onnxruntime), and onnxruntime batch 1 after 8 MB of other memory
    traffic (as between two requests in a server; the floor's loop keeps its caches hot).
@@ -154,22 +156,28 @@ def latency(args, model: Path, meta) -> dict:
     serve = [py, "-m", "vidt.cli.main", "serve", "--model", str(model), "--port", str(port),
              "--threads", str(args.threads), "--provider", "cpu",
              "--ort-threads", str(args.ort_threads)]
+    aio_port = free_port()
+    serve_aio = [*serve[:7], str(aio_port), *serve[8:], "--transport", "asyncio"]
     echo = [py, str(ROLES), "echo-server", str(echo_port), "--obs-dim", str(S),
             "--act-dim", str(meta.act_dim), "--threads", str(args.threads)]
     zero_port = free_port()
     zero = [py, str(ROLES), "zero-server", str(zero_port), "--model", str(model),
             "--threads", str(args.threads)]
-    res = {"echo": [], "ort": [], "act": [], "stream": [], "act_zero_model": [], "ort_cold": []}
+    res = {"echo": [], "ort": [], "act": [], "stream": [], "act_zero_model": [], "ort_cold": [],
+           "act_asyncio": [], "stream_asyncio": []}
     big = np.ones(8 << 20, np.uint8)
     scratch = np.empty_like(big)
     with contextlib.ExitStack() as stack:
-        pe, ps, pz = (stack.enter_context(Proc(cmd)) for cmd in (echo, serve, zero))
+        pe, ps, pz, pa = (stack.enter_context(Proc(cmd))
+                          for cmd in (echo, serve, zero, serve_aio))
         wait_port(f"127.0.0.1:{echo_port}", pe)
         wait_serving(f"127.0.0.1:{port}", ps)
         wait_serving(f"127.0.0.1:{zero_port}", pz)
-        ec, c, zc = (stack.enter_context(PolicyClient(f"127.0.0.1:{p}"))
-                     for p in (echo_port, port, zero_port))
+        wait_serving(f"127.0.0.1:{aio_port}", pa)
+        ec, c, zc, ac = (stack.enter_context(PolicyClient(f"127.0.0.1:{p}"))
+                         for p in (echo_port, port, zero_port, aio_port))
         s, st, zs = c.session(), c.stream(), zc.session()
+        a_s, a_st = ac.session(), ac.stream()
         n = args.requests // args.rounds
         k = [0]  # step counter shared by the timed calls
         timed = {}
@@ -206,6 +214,14 @@ def latency(args, model: Path, meta) -> dict:
             zs.act(obs[k[0] % 256], 0.1)
             k[0] += 1
 
+        def act_asyncio():
+            a_s.act(obs[k[0] % 256], 0.1)
+            k[0] += 1
+
+        def stream_asyncio():
+            a_st.act(obs[k[0] % 256], 0.1)
+            k[0] += 1
+
         def ort_cold():
             np.copyto(scratch, big)  # untimed: evicts the model from the caches
             t0 = time.perf_counter()
@@ -220,8 +236,8 @@ def latency(args, model: Path, meta) -> dict:
             ec.stub.Act(r, timeout=10, metadata=ec.metadata)
             k[0] += 1
 
-        for fn in (echo_call, act_unary, act_stream, act_zero, lambda: policy.predict(inp),
-                   *timed.values()):
+        for fn in (echo_call, act_unary, act_stream, act_zero, act_asyncio, stream_asyncio,
+                   lambda: policy.predict(inp), *timed.values()):
             time_calls(fn, 200)  # warm-up
         for key in timed:
             res[key] = []
@@ -232,15 +248,16 @@ def latency(args, model: Path, meta) -> dict:
             res["stream"] += time_calls(act_stream, n)
             res["act_zero_model"] += time_calls(act_zero, n)
             res["ort_cold"] += [ort_cold() for _ in range(n)]
+            res["act_asyncio"] += time_calls(act_asyncio, n)
+            res["stream_asyncio"] += time_calls(stream_asyncio, n)
             for key, fn in timed.items():
                 res[key] += time_calls(fn, n)
-        st.close()
-        s.close()
-        zs.close()
+        for x in (st, s, zs, a_st, a_s):
+            x.close()
     out = {k: {"p50": pct(v, 50), "p99": pct(v, 99), "n": len(v)} for k, v in res.items()}
-    out["ratio_act_p50_over_floor"] = out["act"]["p50"] / (out["echo"]["p50"] + out["ort"]["p50"])
-    out["ratio_stream_p50_over_floor"] = (out["stream"]["p50"]
-                                          / (out["echo"]["p50"] + out["ort"]["p50"]))
+    floor = out["echo"]["p50"] + out["ort"]["p50"]
+    for key in ("act", "stream", "act_asyncio", "stream_asyncio"):
+        out[f"ratio_{key}_p50_over_floor"] = out[key]["p50"] / floor
     return out
 
 
@@ -330,7 +347,8 @@ def throughput(args, model: Path, meta) -> dict:
     runs: on a machine the clients share, that is what a server can still cut."""
     py = sys.executable
     per = args.sessions // args.workers
-    runs = {"batched": [], "max_batch_1": [], "zero_model": [], "echo_ceiling": []}
+    runs = {"batched": [], "batched_asyncio": [], "max_batch_1": [], "zero_model": [],
+            "echo_ceiling": []}
     if args.aio_prototype:
         runs |= {"aio_prototype": [], "aio_echo": []}
     cpu_us = {k: [] for k in runs}
@@ -352,9 +370,10 @@ def throughput(args, model: Path, meta) -> dict:
                 cmd = [py, "-m", "vidt.cli.main", "serve", "--model", str(model), "--port",
                        str(port), "--threads", threads, "--provider", "cpu", "--ort-threads",
                        str(args.ort_threads), *(["--max-batch", "1"] if mode == "max_batch_1"
-                                                else [])]
+                                                else []),
+                       *(["--transport", "asyncio"] if mode == "batched_asyncio" else [])]
             with Proc(cmd) as ps:
-                if mode == "batched" or mode == "max_batch_1":
+                if mode in ("batched", "batched_asyncio", "max_batch_1"):
                     wait_serving(f"127.0.0.1:{port}", ps)
                 else:
                     wait_port(f"127.0.0.1:{port}", ps)
@@ -377,6 +396,8 @@ def throughput(args, model: Path, meta) -> dict:
             "zero_model_steps_per_s": med["zero_model"],
             "echo_ceiling_steps_per_s": med["echo_ceiling"],
             "ceiling_share": med["batched"] / med["echo_ceiling"],
+            "batched_asyncio_steps_per_s": med["batched_asyncio"],
+            "asyncio_ceiling_share": med["batched_asyncio"] / med["echo_ceiling"],
             "server_cpu_us_per_step": {k: statistics.median(v) for k, v in cpu_us.items()},
             "speedup": med["batched"] / med["max_batch_1"],
             "speedup_possible_at_most": med["echo_ceiling"] / med["max_batch_1"],
@@ -466,13 +487,17 @@ def print_latency(L: dict) -> None:
                       ("act", "Act (unary), one client"), ("stream", "ActStream, one client"),
                       ("act_zero_model", "Act, same server with a zero model (no onnxruntime)"),
                       ("ort_cold", "onnxruntime batch 1 after 8 MB of other memory traffic"),
+                      ("act_asyncio", "Act (unary), one client, --transport asyncio"),
+                      ("stream_asyncio", "ActStream, one client, --transport asyncio"),
                       ("aio_echo", "asyncio prototype: echo"),
                       ("aio_prototype_act", "asyncio prototype: Act")]:
         if key in L:
             print(f"| {name} | {L[key]['p50']:.3f} | {L[key]['p99']:.3f} |")
-    ok = "meets" if L["ratio_act_p50_over_floor"] <= 1.15 else "misses"
-    print(f"Act p50 / (echo p50 + onnxruntime p50) = {L['ratio_act_p50_over_floor']:.3f} "
-          f"({ok} the 1.15 target); stream: {L['ratio_stream_p50_over_floor']:.3f}")
+    for t, sfx in (("threads", ""), ("asyncio", "_asyncio")):
+        r = L[f"ratio_act{sfx}_p50_over_floor"]
+        print(f"{t}: Act p50 / (echo p50 + onnxruntime p50) = {r:.3f} ("
+              f"{'meets' if r <= 1.15 else 'misses'} the 1.15 target); stream: "
+              f"{L[f'ratio_stream{sfx}_p50_over_floor']:.3f}")
     print(f"beyond the floor: serving layer without onnxruntime "
           f"{L['act_zero_model']['p50'] - L['echo']['p50']:+.3f} ms (zero model vs echo); "
           f"onnxruntime with cold caches {L['ort_cold']['p50'] - L['ort']['p50']:+.3f} ms")
@@ -486,9 +511,12 @@ def print_throughput(tp: dict) -> None:
     print(f"ceiling: the echo server under the same load does {tp['echo_ceiling_steps_per_s']:.0f}"
           f" steps/s, so at most {tp['speedup_possible_at_most']:.2f}x is possible here; "
           f"runs {json.dumps({k: [round(x) for x in v] for k, v in tp['runs'].items()})}")
-    share = tp["ceiling_share"]
-    print(f"batched / ceiling = {share:.2f} ({'meets' if share >= 0.8 else 'misses'} the 0.8 "
-          f"target); zero model (no onnxruntime): {tp['zero_model_steps_per_s']:.0f} steps/s")
+    for t, key, rate in (("threads", "ceiling_share", "batched_steps_per_s"),
+                         ("asyncio", "asyncio_ceiling_share", "batched_asyncio_steps_per_s")):
+        share = tp[key]
+        print(f"{t}: batched {tp[rate]:.0f} steps/s = {share:.2f} of the ceiling "
+              f"({'meets' if share >= 0.8 else 'misses'} the 0.8 target)")
+    print(f"zero model (threads, no onnxruntime): {tp['zero_model_steps_per_s']:.0f} steps/s")
     print("server CPU per step under this load (us): " + ", ".join(
         f"{k} {v:.0f}" for k, v in tp["server_cpu_us_per_step"].items()))
     if "aio_prototype_steps_per_s" in tp:

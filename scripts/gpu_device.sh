@@ -19,6 +19,8 @@ SITE=${SITE:-/tmp/site}
 CHECK_S=${CHECK_S:-300}    # hard deadline for gpu_check (its sections stop starting at 2/3)
 SERVE_S=${SERVE_S:-220}    # hard deadline for the serving benchmark
 WHEELS=${WHEELS:-.gpu-wheels}
+STEPS=${STEPS:-check serve} # either or both
+SERVE_ARGS=${SERVE_ARGS:---parts latency,throughput --rounds 2 --requests 1000 --tp-rounds 3 --workers 8}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" && OUT=$(realpath "$OUT")
 
@@ -49,15 +51,19 @@ torch.version.cuda, '| onnxruntime', onnxruntime.__version__, onnxruntime.get_av
 '| grpcio', grpc.__version__, '| numpy', numpy.__version__)"
 } 2>&1 | tee "$OUT/machine.txt"
 
-echo "== gpu_check (deadline ${CHECK_S}s)"
-timeout -k 10 "$CHECK_S" "$PY" scripts/gpu_check.py --out "$OUT" \
-    --budget-s $((CHECK_S * 2 / 3)) 2>&1 | tee "$OUT/gpu_check.txt"
-echo "gpu_check exit: ${PIPESTATUS[0]}" | tee -a "$OUT/gpu_check.txt"
+if [[ " $STEPS " == *" check "* ]]; then
+    echo "== gpu_check (deadline ${CHECK_S}s)"
+    timeout -k 10 "$CHECK_S" "$PY" scripts/gpu_check.py --out "$OUT" \
+        --budget-s $((CHECK_S * 2 / 3)) 2>&1 | tee "$OUT/gpu_check.txt"
+    echo "gpu_check exit: ${PIPESTATUS[0]}" | tee -a "$OUT/gpu_check.txt"
+fi
 
-echo "== serve_latency (deadline ${SERVE_S}s)"
-model=()
-[[ -n "${SERVE_MODEL:-}" ]] && model=(--model "$SERVE_MODEL")
-timeout -k 10 "$SERVE_S" "$PY" benchmarks/serve_latency.py "${model[@]}" \
-    --parts latency,throughput --rounds 2 --requests 1000 --tp-rounds 2 --workers 8 \
-    --aio-prototype 2>&1 | tee "$OUT/serve_latency.txt"
-echo "serve_latency exit: ${PIPESTATUS[0]}" | tee -a "$OUT/serve_latency.txt"
+if [[ " $STEPS " == *" serve "* ]]; then
+    echo "== serve_latency (deadline ${SERVE_S}s)"
+    model=()
+    [[ -n "${SERVE_MODEL:-}" ]] && model=(--model "$SERVE_MODEL")
+    # shellcheck disable=SC2086  # SERVE_ARGS is a list of words
+    timeout -k 10 "$SERVE_S" "$PY" benchmarks/serve_latency.py "${model[@]}" $SERVE_ARGS 2>&1 \
+        | tee "$OUT/serve_latency.txt"
+    echo "serve_latency exit: ${PIPESTATUS[0]}" | tee -a "$OUT/serve_latency.txt"
+fi

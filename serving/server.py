@@ -543,11 +543,12 @@ def serve(model: str | Path, config: ServerConfig, provider: str = "auto",
         server.start()
         m = policy.metadata
         log.info("serving %s (env %s, model_version %s, K=%d) from %s on %s with %s; tls=%s "
-                 "auth=%s max_batch=%d batch_window_us=%d threads=%d%s", m.model_name,
+                 "auth=%s max_batch=%d transport=%s%s", m.model_name,
                  m.env_id or "unknown", m.model_version, m.context_len, model, server.address,
                  policy.provider, "on" if config.tls_cert else "off",
                  "token" if config.auth_token else "off", config.max_batch,
-                 config.batch_window_us, config.threads,
+                 config.transport if config.transport != "threads" else
+                 f"threads ({config.threads}, batch_window_us={config.batch_window_us})",
                  f" metrics=:{server.metrics_port}" if server.metrics_port else "")
         while not signals.wait(0.5):
             pass

@@ -141,13 +141,16 @@ def _wait_serving(address: str, proc, timeout=60.0) -> None:
     raise AssertionError("server did not become SERVING")
 
 
-def test_serve_subprocess_drains_on_sigterm_and_port_is_exclusive(tiny_pendulum_file, tmp_path):
+@pytest.mark.parametrize("transport", ["threads", "asyncio"])
+def test_serve_subprocess_drains_on_sigterm_and_port_is_exclusive(tiny_pendulum_file, tmp_path,
+                                                                  transport):
     port = free_port()
     token_file = tmp_path / "token"
     token_file.write_text("tok-123\n")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([*VIDT, "serve", "--model", str(tiny_pendulum_file), "--port",
-                             str(port), "--auth-token-file", str(token_file), "--grace", "20"],
+                             str(port), "--auth-token-file", str(token_file), "--grace", "20",
+                             "--transport", transport],
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         address = f"127.0.0.1:{port}"
@@ -176,6 +179,7 @@ def test_serve_subprocess_drains_on_sigterm_and_port_is_exclusive(tiny_pendulum_
         log = proc.stderr.read()
         assert f"on 127.0.0.1:{port} with CPUExecutionProvider" in log
         assert "tiny-test-actor" in log and "SIGTERM received: draining" in log
+        assert f"transport={transport}" in log
         assert "tok-123" not in log
     finally:
         if proc.poll() is None:

@@ -423,3 +423,112 @@ def test_malformed_or_foreign_resume_is_refused_and_creates_nothing():
              r"resume.total_reward must be finite")
     store.drain()
     _refused(store, good, Unavailable, "draining")
+
+
+# ---- the asyncio path (AsyncBatcher, SessionStore.act_async) --------------------------------
+
+
+def test_async_batcher_merges_callers_queued_during_inference():
+    import asyncio
+
+    from vidt.serving.aio import AsyncBatcher
+
+    actor = NumpyActor()
+    predict, gate = _gated(actor)
+    sizes = []
+    windows = _windows(actor, 12)
+
+    async def main():
+        batcher = AsyncBatcher(predict, max_batch=8, on_batch=sizes.append)
+        first = batcher([windows[0]])
+        await asyncio.sleep(0)  # the first batch starts with the first window alone
+        while not gate["entered"].is_set():
+            await asyncio.sleep(0.001)
+        rest = [batcher([w]) for w in windows[1:]]  # queued while predict is held
+        gate["release"].set()
+        out = await asyncio.gather(first, *rest)
+        batcher.close()
+        return out
+
+    results = asyncio.run(main())
+    assert sizes == [1, 8, 3]
+    for w, r in zip(windows, results):
+        np.testing.assert_allclose(r, actor.predict(w), atol=1e-6)
+
+
+def test_async_batcher_errors_reach_every_caller_and_it_goes_on():
+    import asyncio
+
+    from vidt.serving.aio import AsyncBatcher
+
+    actor = NumpyActor()
+    calls = []
+
+    def flaky(inputs):
+        calls.append(inputs.observations.shape[0])
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return actor.predict(inputs)
+
+    ws = _windows(actor, 3)
+
+    async def main():
+        b = AsyncBatcher(flaky, max_batch=8)
+        failed = await asyncio.gather(b([ws[0]]), b([ws[1]]), return_exceptions=True)
+        ok = await b([ws[2]])
+        b.close()
+        return failed, ok
+
+    failed, ok = asyncio.run(main())
+    assert all(isinstance(f, RuntimeError) and "boom" in str(f) for f in failed)
+    np.testing.assert_allclose(ok, actor.predict(ws[2]), atol=1e-6)
+
+
+def test_async_steps_follow_the_same_rules_as_sync_ones():
+    """act_async answers as act does: same actions, a concurrent retry of a step in flight
+    waits for it and gets the same answer, a repeated step gets the stored one, an
+    out-of-order step is refused, and a failed inference leaves the window as it was."""
+    import asyncio
+
+    from vidt.serving.aio import AsyncBatcher
+
+    actor = NumpyActor()
+    obs, rew = episode(n=5, S=actor.metadata.obs_dim)
+    sync = SessionStore(actor.metadata, actor.infer)
+    sid = sync.create().session_id
+    want = [sync.act(StepRequest(sid, t, obs[t], rew[t])).action for t in range(5)]
+    fail = {"on": False}
+
+    def predict(inputs):
+        if fail["on"]:
+            raise RuntimeError("accelerator lost")
+        return actor.predict(inputs)
+
+    async def main():
+        batcher = AsyncBatcher(predict)
+        store = SessionStore(actor.metadata, None, infer_async=batcher)
+        a = store.create().session_id
+        got = [(await store.act_async(StepRequest(a, 0, obs[0], rew[0]))).action]
+        # Step 1 twice at once (a client's retry racing its first try): one inference.
+        r1, r1b = await asyncio.gather(store.act_async(StepRequest(a, 1, obs[1], rew[1])),
+                                       store.act_async(StepRequest(a, 1, obs[1], rew[1])))
+        assert r1 is r1b and batcher.rows == 2
+        got.append(r1.action)
+        again = await store.act_async(StepRequest(a, 1, obs[1], rew[1]))
+        assert again is r1 and batcher.rows == 2  # the stored answer, nothing recomputed
+        with pytest.raises(FailedPrecondition, match="expected step 2"):
+            await store.act_async(StepRequest(a, 3, obs[3], rew[3]))
+        fail["on"] = True
+        with pytest.raises(ServingError, match="accelerator lost"):
+            await store.act_async(StepRequest(a, 2, obs[2], rew[2]))
+        fail["on"] = False
+        for t in range(2, 5):  # step 2 again: the failure left the window untouched
+            got.append((await store.act_async(StepRequest(a, t, obs[t], rew[t]))).action)
+        batch = await store.act_batch_async([StepRequest(a, 5, obs[0], 0.0)])
+        assert batch[0].step == 5
+        batcher.close()
+        return got
+
+    got = asyncio.run(main())
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-6)
