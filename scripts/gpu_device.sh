@@ -38,6 +38,7 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 # Run from a copy: in the checkout, its vidt/ (which lacks vidt.serving and vidt.cli: they
 # exist only installed) would shadow the installed package for `python -m` and pytest.
 [[ -n "${SERVE_MODEL:-}" ]] && SERVE_MODEL=$(realpath "$SERVE_MODEL")
+[[ "$PY" == */* ]] && PY=$(realpath -s "$PY")
 RUN=$(mktemp -d)
 cp -r scripts benchmarks tests pyproject.toml "$RUN"/
 cd "$RUN" || exit 1

@@ -60,13 +60,6 @@ def _resolve(f: asyncio.Future) -> None:
         f.set_result(None)
 
 
-def _retrieve(task: asyncio.Future) -> None:
-    """Mark a shielded settle's error as seen: its caller may have been cancelled, and the
-    error is the caller's to raise, not the event loop's to log."""
-    if not task.cancelled():
-        task.exception()
-
-
 def _quote(sid: str, limit: int = 64) -> str:
     """A session id for an error message, shortened: the message travels back in a gRPC
     trailer, and echoing a 20 KB id whole would exceed the client's 8 KB metadata limit (the
@@ -368,14 +361,27 @@ class SessionStore:
 
     async def _act_async(self, requests: list[StepRequest], batch: bool) -> list[StepResult]:
         results, waits, new = self._begin(requests, batch)
-        if new:
-            # The step is settled (kept, or undone on failure) even when this caller is
-            # cancelled while the batch runs: otherwise its session would stay pending forever.
-            settle = asyncio.ensure_future(self._settle_when_done(
-                self.infer_async([inp for *_, inp in new]), new, results, batch))
-            settle.add_done_callback(_retrieve)
-            await asyncio.shield(settle)
         loop = asyncio.get_running_loop()
+        if new:
+            # Settled (kept, or undone on failure) in the inference's callback, not in this
+            # coroutine: a caller cancelled while the batch runs (its deadline passed) must not
+            # leave its session pending forever. Its retry then gets the stored answer.
+            done = loop.create_future()
+
+            def settle(inference: asyncio.Future) -> None:
+                try:
+                    self._settle(new, results, batch, Unavailable(
+                        "the server stopped during inference") if inference.cancelled()
+                        else inference.exception() or inference.result())
+                except BaseException as e:  # noqa: BLE001  (handed to the caller)
+                    if not done.done():
+                        done.set_exception(e)
+                else:
+                    if not done.done():
+                        done.set_result(None)
+
+            self.infer_async([inp for *_, inp in new]).add_done_callback(settle)
+            await done
         for i, p in waits:
             done = loop.create_future()
             with self._lock:
@@ -386,13 +392,6 @@ class SessionStore:
             await done
             results[i] = p.outcome()
         return results  # type: ignore[return-value]
-
-    async def _settle_when_done(self, inference, new, results, batch: bool) -> None:
-        try:
-            out = await inference
-        except Exception as e:
-            out = e
-        self._settle(new, results, batch, out)
 
     def _begin(self, requests: list[StepRequest], batch: bool):
         """Check every request and decide what each is (stored answer, in flight, new),
