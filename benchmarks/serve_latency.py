@@ -403,7 +403,8 @@ def throughput(args, model: Path, meta) -> dict:
             "speedup_possible_at_most": med["echo_ceiling"] / med["max_batch_1"],
             **({"aio_prototype_steps_per_s": med["aio_prototype"],
                 "aio_echo_steps_per_s": med["aio_echo"],
-                "aio_prototype_ceiling_share": med["aio_prototype"] / med["echo_ceiling"]}
+                "aio_prototype_ceiling_share": med["aio_prototype"] / med["echo_ceiling"],
+                "asyncio_share_of_aio_echo": med["batched_asyncio"] / med["aio_echo"]}
                if args.aio_prototype else {})}
 
 
@@ -522,7 +523,8 @@ def print_throughput(tp: dict) -> None:
     if "aio_prototype_steps_per_s" in tp:
         print(f"asyncio prototype (benchmarks/aio_prototype.py): {tp['aio_prototype_steps_per_s']:.0f}"
               f" steps/s = {tp['aio_prototype_ceiling_share']:.2f} of the ceiling; its echo "
-              f"{tp['aio_echo_steps_per_s']:.0f} steps/s")
+              f"{tp['aio_echo_steps_per_s']:.0f} steps/s; --transport asyncio = "
+              f"{tp['asyncio_share_of_aio_echo']:.2f} of that asyncio echo")
 
 
 def print_proxy(P: dict) -> None:
