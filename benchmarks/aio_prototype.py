@@ -1,5 +1,7 @@
 """A measurement prototype, not the product: what an asyncio gRPC server (grpc.aio) would give
-`vidt serve` under many concurrent sessions, before anyone rewrites the server for it.
+`vidt serve` under many concurrent sessions. It led to `vidt serve --transport asyncio`
+(serving/aio.py); it stays for its asyncio echo (the ceiling for that transport) and as the
+bare bound beside the real thing.
 
     python benchmarks/aio_prototype.py echo PORT --obs-dim 11 --act-dim 3
     python benchmarks/aio_prototype.py batched PORT --model policy.onnx

@@ -33,7 +33,15 @@ from grpc_reflection.v1alpha import reflection
 from vidt.v1 import policy_pb2_grpc as pb_grpc
 from vidt.window import WindowInputs
 
-from .server import AUTH_EXEMPT, BearerAuth, PolicyServicer, _answer, _step
+from .server import (
+    AUTH_EXEMPT,
+    DENIED,
+    BearerAuth,
+    PolicyServicer,
+    _answer,
+    _step,
+    handler_like,
+)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -190,18 +198,9 @@ class AioBearerAuth(grpc.aio.ServerInterceptor):
         async def deny(_request, context):
             if metrics is not None:
                 metrics.record(method, "UNAUTHENTICATED")
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer "
-                                "token (metadata 'authorization: Bearer ...')")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
 
-        kinds = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }
-        make = kinds[(handler.request_streaming, handler.response_streaming)]
-        return make(deny, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
+        return handler_like(handler, deny)
 
 
 class AioTransport:

@@ -3,11 +3,13 @@
 What this file adds to the core is transport: status codes, health and reflection, bearer
 tokens, TLS, message size limits, metrics, and a graceful drain on SIGTERM/SIGINT.
 
-The server is grpc's synchronous one (a ThreadPoolExecutor): on this kind of machine its
-loopback round trip measured 0.58-0.66 ms p50 against 0.75-0.89 ms for grpc.aio
-(grpcio 1.85, 2026-11), and the batcher's leader/follower scheme needs callers in threads anyway. Every
-call in progress holds one worker thread, an open ActStream for its whole life: `threads`
-bounds the concurrent calls, and so the sessions one batch can gather.
+Two transports (`ServerConfig.transport`). "threads", the default: grpc's synchronous server
+(a ThreadPoolExecutor), whose loopback round trip measured 0.58-0.66 ms p50 against
+0.75-0.89 ms for grpc.aio (grpcio 1.85, 2026-11); the batcher's leader/follower scheme needs
+callers in threads. Every call in progress holds one worker thread, an open ActStream for its
+whole life: `threads` bounds the concurrent calls, and so the sessions one batch can gather.
+"asyncio" (aio.py): grpc.aio on one event loop, for many concurrent sessions, where the
+threads' GIL hand-offs bound the server (benchmarks/RESULTS.md, "Serving throughput").
 """
 
 from __future__ import annotations
@@ -304,18 +306,25 @@ class BearerAuth(grpc.ServerInterceptor):
         def deny(_request, context):
             if self._metrics is not None:
                 self._metrics.record(method, "UNAUTHENTICATED")
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "missing or wrong bearer token (metadata 'authorization: Bearer ...')")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
 
-        kinds = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }
-        make = kinds[(handler.request_streaming, handler.response_streaming)]
-        return make(deny, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
+        return handler_like(handler, deny)
+
+
+DENIED = "missing or wrong bearer token (metadata 'authorization: Bearer ...')"
+
+
+def handler_like(handler: grpc.RpcMethodHandler, behaviour) -> grpc.RpcMethodHandler:
+    """A method handler of `handler`'s kind (unary or streaming either way) and (de)serializers
+    that runs `behaviour` instead: how an interceptor refuses a call."""
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(behaviour, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
