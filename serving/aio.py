@@ -266,6 +266,8 @@ class AioTransport:
         self.batcher.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once stopped (grpc's wait_for_termination)."""
