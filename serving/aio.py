@@ -18,6 +18,7 @@ transport and keeps the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
@@ -36,6 +37,7 @@ from vidt.window import WindowInputs
 from .server import (
     AUTH_EXEMPT,
     DENIED,
+    IDLE_STREAM,
     BearerAuth,
     PolicyServicer,
     _answer,
@@ -92,9 +94,9 @@ class AsyncBatcher:
                 while self._queue and (not batch or rows + self._queue[0][1] <= self.max_batch):
                     batch.append(self._queue.popleft())
                     rows += batch[-1][1]
-                inputs = batch[0][0] if len(batch) == 1 else WindowInputs.stack(
-                    [b[0] for b in batch])
                 try:
+                    inputs = batch[0][0] if len(batch) == 1 else WindowInputs.stack(
+                        [b[0] for b in batch])
                     out = np.asarray(await loop.run_in_executor(self._pool, self.predict,
                                                                 inputs))
                     if out.ndim != 2 or out.shape[0] != rows:
@@ -109,6 +111,10 @@ class AsyncBatcher:
                     for _, _, fut in batch:
                         if not fut.done():
                             fut.set_exception(e)
+                except BaseException:  # the loop is going away: the steps are undone
+                    for _, _, fut in batch:
+                        fut.cancel()
+                    raise
                 self.batches += 1
                 self.rows += rows
                 if self.on_batch is not None:
@@ -156,7 +162,14 @@ class AioPolicyServicer(PolicyServicer):
 
     async def ActStream(self, request_iterator, context):
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
-        entry = [lambda: loop.call_soon_threadsafe(task.cancel), time.monotonic()]
+        ended_idle = []
+
+        def end_idle():  # from the sweeper's thread
+            ended_idle.append(True)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(task.cancel)
+
+        entry = [end_idle, time.monotonic()]
         with self._streams_lock:
             self._streams[id(entry)] = entry
         try:
@@ -171,6 +184,12 @@ class AioPolicyServicer(PolicyServicer):
                 self._stream_ok.inc()
                 yield answer
                 entry[1] = time.monotonic()
+        except asyncio.CancelledError:
+            if not ended_idle:
+                raise
+            # A cancelled handler alone leaves the call open on the wire: end it, as the
+            # threads transport's context.cancel() does.
+            await context.abort(grpc.StatusCode.CANCELLED, IDLE_STREAM)
         finally:
             with self._streams_lock:
                 self._streams.pop(id(entry), None)
@@ -214,6 +233,7 @@ class AioTransport:
                                         daemon=True)
         self._thread.start()
         self._stopped = False
+        self._lock = threading.RLock()  # call() against stop(): none may wait on a dead loop
         self.health_names = health_names
         self.batcher = AsyncBatcher(predict, max_batch, on_batch=on_batch)
         servicer.store.infer_async = self.batcher
@@ -231,10 +251,11 @@ class AioTransport:
 
     def call(self, coro, timeout: float | None = None):
         """Run `coro` on the loop; its result here (None once stopped: the loop is gone)."""
-        if self._stopped:
-            coro.close()
-            return None
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        with self._lock:
+            if self._stopped:
+                coro.close()
+                return None
+            return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def in_loop(self, fn, *args):
         async def run():
@@ -259,17 +280,18 @@ class AioTransport:
         self.call(self.health.enter_graceful_shutdown())
 
     def stop(self, grace: float | None) -> None:
-        if self._stopped:
-            return
-        self.call(self.server.stop(grace))
-        self._stopped = True
-        self.batcher.close()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self.loop.close()
+        with self._lock:
+            if self._stopped:
+                return
+            self.call(self.server.stop(grace))
+            self._stopped = True
+            self.batcher.close()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+            if not self._thread.is_alive():
+                self.loop.close()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """True once stopped (grpc's wait_for_termination)."""
+        """grpc's wait_for_termination: True if `timeout` passed before the server stopped."""
         self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._thread.is_alive()

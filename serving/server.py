@@ -312,6 +312,7 @@ class BearerAuth(grpc.ServerInterceptor):
 
 
 DENIED = "missing or wrong bearer token (metadata 'authorization: Bearer ...')"
+IDLE_STREAM = "stream ended: idle for longer than the server's idle timeout"
 
 
 def handler_like(handler: grpc.RpcMethodHandler, behaviour) -> grpc.RpcMethodHandler:
@@ -390,7 +391,7 @@ class _ThreadsTransport:
         self.server.stop(grace).wait()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return not self.server.wait_for_termination(timeout)
+        return self.server.wait_for_termination(timeout)
 
 
 class PolicyServer:
@@ -404,8 +405,9 @@ class PolicyServer:
         m = policy.metadata
         self.metrics = Metrics()
         # The threads transport's batcher; the asyncio one brings its own (AsyncBatcher).
-        self.batcher = Batcher(policy.predict, c.max_batch, c.batch_window_us,
-                               on_batch=self.metrics.batch_size.observe)
+        self.batcher = None if c.transport == "asyncio" else Batcher(
+            policy.predict, c.max_batch, c.batch_window_us,
+            on_batch=self.metrics.batch_size.observe)
         self.store = SessionStore(m, self.batcher, max_sessions=c.max_sessions,
                                   idle_timeout_s=c.idle_timeout_s)
         self.metrics.watch_store(self.store)
@@ -435,6 +437,19 @@ class PolicyServer:
         # "" starts SERVING in grpc's servicer: not before the warm-up.
         self._transport.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
+        try:
+            host, port = self._bind(c)
+        except BaseException:
+            self._transport.stop(0)  # the asyncio loop's thread must not outlive a failed start
+            raise
+        self.port = port
+        self.address = f"{host}:{port}"
+        self._stopping = threading.Event()
+        self.serving = False  # health SERVING: loaded, warmed up, not draining
+        self._sweeper: threading.Thread | None = None
+        self.metrics_port: int | None = None
+
+    def _bind(self, c: ServerConfig) -> tuple[str, int]:
         host = f"[{c.host}]" if ":" in c.host and not c.host.startswith("[") else c.host
         address = f"{host}:{c.port}"
         check_bindable(c.host, c.port, "--port")  # before grpc, which only logs "Failed to bind"
@@ -461,12 +476,7 @@ class PolicyServer:
             raise ConfigError(f"cannot listen on {address}: {e} ({why})") from None
         if port == 0:
             raise ConfigError(f"cannot listen on {address} (port in use?)")
-        self.port = port
-        self.address = f"{host}:{port}"
-        self._stopping = threading.Event()
-        self.serving = False  # health SERVING: loaded, warmed up, not draining
-        self._sweeper: threading.Thread | None = None
-        self.metrics_port: int | None = None
+        return host, port
 
     def start(self) -> None:
         self._transport.start()
@@ -519,7 +529,8 @@ class PolicyServer:
         self.metrics.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the server stops or `timeout` passes; True if it has stopped."""
+        """Block until the server stops or `timeout` passes; as grpc's wait_for_termination,
+        True if the timeout passed first."""
         return self._transport.wait(timeout)
 
 

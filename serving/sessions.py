@@ -380,7 +380,11 @@ class SessionStore:
                     if not done.done():
                         done.set_result(None)
 
-            self.infer_async([inp for *_, inp in new]).add_done_callback(settle)
+            try:
+                inference = self.infer_async([inp for *_, inp in new])
+            except Exception as e:  # failed before it began: undo now, as the sync path does
+                self._settle(new, results, batch, e)
+            inference.add_done_callback(settle)
             await done
         for i, p in waits:
             done = loop.create_future()

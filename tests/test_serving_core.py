@@ -532,3 +532,35 @@ def test_async_steps_follow_the_same_rules_as_sync_ones():
     got = asyncio.run(main())
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, atol=1e-6)
+
+
+def test_async_steps_are_undone_whatever_fails_before_inference_runs():
+    """A failure before predict runs (the batcher refusing the call, stacking the windows)
+    must undo the step like an inference failure: no session left pending for ever."""
+    import asyncio
+
+    from vidt.serving.aio import AsyncBatcher
+
+    actor = NumpyActor()
+    obs, rew = episode(n=2, S=actor.metadata.obs_dim)
+
+    def refuse(_windows):
+        raise MemoryError("no room for the batch")
+
+    class BadStack(AsyncBatcher):
+        def __call__(self, windows):
+            fut = super().__call__(windows)
+            self._queue.append((None, 1, asyncio.get_running_loop().create_future()))
+            return fut  # the batch now holds a window that cannot be stacked
+
+    async def main():
+        for infer in (refuse, BadStack(actor.predict)):
+            store = SessionStore(actor.metadata, None, infer_async=infer)
+            sid = store.create().session_id
+            with pytest.raises((ServingError, MemoryError)):
+                await asyncio.wait_for(store.act_async(StepRequest(sid, 0, obs[0], 0.0)), 5)
+            store.infer_async = AsyncBatcher(actor.predict)
+            r = await asyncio.wait_for(store.act_async(StepRequest(sid, 0, obs[0], 0.0)), 5)
+            assert r.step == 0  # the same step again: the failure left nothing pending
+
+    asyncio.run(main())

@@ -492,9 +492,72 @@ def test_tls_with_a_certificate_made_here(policy, tmp_path):
         assert health_status(address, "", credentials=creds) == "SERVING"
 
 
+def _server_threads() -> int:
+    return sum(t.name.startswith(("vidt-aio", "vidt-onnxruntime")) for t in threading.enumerate())
+
+
 def test_second_server_on_the_same_port_fails(server, policy, transport):
-    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{server.port}"):
-        PolicyServer(policy, ServerConfig(port=server.port, transport=transport))
+    before = _server_threads()
+    for _ in range(2):
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{server.port}"):
+            PolicyServer(policy, ServerConfig(port=server.port, transport=transport))
+        # The TLS check fails after the transport exists (on asyncio, its loop's thread).
+        with pytest.raises(ConfigError, match="not a PEM certificate"):
+            PolicyServer(policy, ServerConfig(port=0, transport=transport, tls_cert=__file__,
+                                              tls_key=__file__))
+    deadline = time.monotonic() + 5
+    while _server_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _server_threads() == before  # a failed start leaves no thread behind
+
+
+def test_an_idle_stream_is_ended_with_a_status(policy):
+    """A stream that sends nothing for the idle timeout is ended (CANCELLED), not left open:
+    a client blocked on it hears, and its session expires."""
+    import queue
+
+    from vidt.v1 import policy_pb2_grpc as pb_grpc
+
+    obs, _ = episode(n=2)
+    with running_server(policy, idle_timeout_s=0.3) as srv, \
+            PolicyClient(srv.address, retries=0, failover=False) as c, \
+            grpc.insecure_channel(srv.address) as channel:
+        sid = c.session().id
+        requests: queue.SimpleQueue = queue.SimpleQueue()
+        answers = pb_grpc.PolicyServiceStub(channel).ActStream(iter(requests.get, None),
+                                                               timeout=10)
+        requests.put(pb.ActRequest(session_id=sid, step=0, observation=obs[0].tolist()))
+        assert next(answers).step == 0
+        with pytest.raises(grpc.RpcError) as e:
+            next(answers)  # nothing sent: the server ends the stream (not our 10 s deadline)
+        assert e.value.code() == C.CANCELLED
+        with pytest.raises(grpc.RpcError) as e:
+            c.stub.Act(pb.ActRequest(session_id=sid, step=1, observation=obs[1].tolist()),
+                       timeout=5)
+        assert e.value.code() == C.NOT_FOUND and "expired" in e.value.details()
+        requests.put(None)
+
+
+def test_stop_from_two_threads_at_once(policy, transport):
+    srv = PolicyServer(policy, ServerConfig(port=0, transport=transport))
+    srv.start()
+    errors = []
+
+    def stop(grace):
+        try:
+            srv.stop(grace)
+        except Exception as e:  # noqa: BLE001  (what the test looks for)
+            errors.append(e)
+
+    with PolicyClient(srv.address, retries=0, failover=False) as c:
+        c.stream().act(episode(n=1)[0][0])  # a call open while both stop
+        threads = [threading.Thread(target=stop, args=(g,)) for g in (0.3, 0)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert srv.wait(1) is False  # stopped: no timeout
 
 
 def test_config_refuses_non_loopback_without_tls_or_token():
