@@ -6,8 +6,8 @@ onnxruntime call, and the server process, bound by its GIL, spends about twice t
 server's CPU per step. Here every call is a coroutine on one loop; windows that arrive while
 onnxruntime runs (in one worker thread, which releases the GIL) form the next batch, so a
 waiting caller costs no thread switch. Measured on 16 cores with the load's clients on cores
-of their own (benchmarks/RESULTS.md, "Serving throughput"), that roughly doubles the steps per
-second; a lone client pays about 0.3 ms more per Act than on threads, which is why threads stay
+of their own (benchmarks/RESULTS.md, "Serving throughput"), that gave 1.6-1.8x the steps per
+second; a lone client paid 0.15-0.4 ms more per Act than on threads, which is why threads stay
 the default.
 
 The contract, the session rules (SessionStore), health, reflection, bearer tokens, TLS,
