@@ -127,6 +127,15 @@ def make_model(out: Path, env_id: str, size: str) -> Path:
 
 # ---- measurements ----------------------------------------------------------------------------
 
+def stepper(session, obs: np.ndarray, k: list[int]):
+    """A call that steps `session` with the next of `obs` (k[0]: the count the timed calls
+    share)."""
+    def step():
+        session.act(obs[k[0] % len(obs)], 0.1)
+        k[0] += 1
+    return step
+
+
 def time_calls(fn, n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -180,6 +189,17 @@ def latency(args, model: Path, meta) -> dict:
         a_s, a_st = ac.session(), ac.stream()
         n = args.requests // args.rounds
         k = [0]  # step counter shared by the timed calls
+
+        def echo_caller(client):
+            def echo_call():
+                # Built and sent like the client's Act (its route key and all), so both pay
+                # the same.
+                r = pb.ActRequest(session_id="echo", step=k[0],
+                                  observation=obs[k[0] % 256].tolist(), reward=0.1)
+                client.stub.Act(r, timeout=10, metadata=client.metadata)
+                k[0] += 1
+            return echo_call
+
         timed = {}
         if args.aio_prototype:  # its echo and its batched server, called the same ways
             aio_ports = free_port(), free_port()
@@ -190,37 +210,11 @@ def latency(args, model: Path, meta) -> dict:
             aec, apc = (stack.enter_context(PolicyClient(f"127.0.0.1:{p}")) for p in aio_ports)
             aio_session = apc.session()
 
-            def aio_echo_call():
-                r = pb.ActRequest(session_id="echo", step=k[0],
-                                  observation=obs[k[0] % 256].tolist(), reward=0.1)
-                aec.stub.Act(r, timeout=10, metadata=aec.metadata)
-                k[0] += 1
+            timed = {"aio_echo": echo_caller(aec),
+                     "aio_prototype_act": stepper(aio_session, obs, k)}
 
-            def aio_act():
-                aio_session.act(obs[k[0] % 256], 0.1)
-                k[0] += 1
-
-            timed = {"aio_echo": aio_echo_call, "aio_prototype_act": aio_act}
-
-        def act_unary():
-            s.act(obs[k[0] % 256], 0.1)
-            k[0] += 1
-
-        def act_stream():
-            st.act(obs[k[0] % 256], 0.1)
-            k[0] += 1
-
-        def act_zero():
-            zs.act(obs[k[0] % 256], 0.1)
-            k[0] += 1
-
-        def act_asyncio():
-            a_s.act(obs[k[0] % 256], 0.1)
-            k[0] += 1
-
-        def stream_asyncio():
-            a_st.act(obs[k[0] % 256], 0.1)
-            k[0] += 1
+        act_unary, act_stream, act_zero, act_asyncio, stream_asyncio = (
+            stepper(x, obs, k) for x in (s, st, zs, a_s, a_st))
 
         def ort_cold():
             np.copyto(scratch, big)  # untimed: evicts the model from the caches
@@ -228,14 +222,7 @@ def latency(args, model: Path, meta) -> dict:
             policy.predict(inp)
             return time.perf_counter() - t0
 
-        def echo_call():
-            # Built and sent like the client's Act (its route key and all), so both pay
-            # the same.
-            r = pb.ActRequest(session_id="echo", step=k[0],
-                              observation=obs[k[0] % 256].tolist(), reward=0.1)
-            ec.stub.Act(r, timeout=10, metadata=ec.metadata)
-            k[0] += 1
-
+        echo_call = echo_caller(ec)
         for fn in (echo_call, act_unary, act_stream, act_zero, act_asyncio, stream_asyncio,
                    lambda: policy.predict(inp), *timed.values()):
             time_calls(fn, 200)  # warm-up
@@ -290,19 +277,12 @@ def proxy(args, model: Path, meta) -> dict:
         with PolicyClient(home.address, route="bench") as dc:
             sd = dc.session()
             k = [0]
-
-            def stepper(session):
-                def step():
-                    session.act(obs[k[0] % 256], 0.1)
-                    k[0] += 1
-                return step
-
             for sess in (sp, sd):  # warm-up, and a full context of history for the resumes
-                time_calls(stepper(sess), 200)
+                time_calls(stepper(sess, obs, k), 200)
             n = args.requests // args.rounds
             for _ in range(args.rounds):
-                res["act_proxy"] += time_calls(stepper(sp), n)
-                res["act_direct"] += time_calls(stepper(sd), n)
+                res["act_proxy"] += time_calls(stepper(sp, obs, k), n)
+                res["act_direct"] += time_calls(stepper(sd, obs, k), n)
             m = max(50, n // 10)
             state = pb.ResumeState(model_version=sd.model_version, next_step=sd.step,
                                    total_reward=sd.total_reward,
