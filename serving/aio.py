@@ -201,22 +201,18 @@ class AioPolicyServicer(PolicyServicer):
             await self._afail(context, "CloseSession", e)
 
 
-class AioBearerAuth(grpc.aio.ServerInterceptor):
+class AioBearerAuth(BearerAuth, grpc.aio.ServerInterceptor):
     """BearerAuth's rule for grpc.aio: every call but health's carries the token."""
-
-    def __init__(self, token: str, metrics=None):
-        self._check = BearerAuth(token, metrics)
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if handler is None or details.method.startswith(AUTH_EXEMPT) or self._check._ok(details):
+        if handler is None or details.method.startswith(AUTH_EXEMPT) or self._ok(details):
             return handler
         method = details.method.rsplit("/", 1)[-1]
-        metrics = self._check._metrics
 
         async def deny(_request, context):
-            if metrics is not None:
-                metrics.record(method, "UNAUTHENTICATED")
+            if self._metrics is not None:
+                self._metrics.record(method, "UNAUTHENTICATED")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
 
         return handler_like(handler, deny)
