@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "OnnxPolicy": "vidt.serving.runtime",
-    "PolicyMetadata": "vidt.serving.runtime",
+    "OnnxPolicy": "vidt.policy_file",
+    "PolicyMetadata": "vidt.policy_file",
 }
 
 __all__ = sorted(_LAZY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -13,7 +14,7 @@ import torch
 from vidt.errors import ConfigError, ModelFileError
 from vidt.export import export_actor, random_windows, rollout_windows
 from vidt.model import Actor, DecisionTransformer, ModelConfig, ModelSpec
-from vidt.serving import OnnxPolicy, PolicyMetadata
+from vidt.policy_file import FORMAT_VERSION, OnnxPolicy, PolicyMetadata
 from vidt.window import WindowInputs
 
 PENDULUM_META = dict(env_id="Pendulum-v1", algo="vidt", eval_context_len=5,
@@ -96,6 +97,37 @@ def test_metadata_round_trip(exported):
     assert json.loads(props["vidt.action_low"]) == [-2.0]
     assert PolicyMetadata.from_props(props) == meta
     assert meta.reward_offset == 0.0
+
+
+def test_metadata_codec_round_trips_every_field():
+    # No field keeps its default, so each is written and read back through its type's codec.
+    meta = PolicyMetadata(
+        format_version=FORMAT_VERSION, version="9.9", algo="odt", env_id="Hopper-v5",
+        model_name="m", obs_dim=11, act_dim=2, action_low=[-1, -0.5], action_high=(1.0, 0.25),
+        context_len=20, eval_context_len=10, default_target_return=np.float64(3600.5),
+        reward_scale=0.001, max_episode_steps=1000, model_version="0123456789abcdef",
+        reward_offset=-1.0, reward_divisor=100.0, actor_selection="best")
+    props = meta.to_props()
+    assert sorted(props) == sorted(f"vidt.{f.name}" for f in dataclasses.fields(meta))
+    assert all(isinstance(v, str) for v in props.values())
+    assert (props["vidt.action_low"], props["vidt.default_target_return"]) == (
+        "[-1.0, -0.5]", "3600.5")
+    assert PolicyMetadata.from_props(props) == meta
+    assert meta.action_low == (-1.0, -0.5)  # bounds are tuples of floats, however given
+
+
+def test_actor_files_of_older_versions_export(tmp_path):
+    # Actor files written before the run's metadata had default_target_return,
+    # reward_offset, reward_divisor and actor_selection still export, with their defaults.
+    from vidt.export import export
+    from vidt.train.checkpoint import ACTOR, actor_payload, atomic_save
+
+    old = {**PENDULUM_META, "seed": 0, "model_name": "old", "context_len": 8, "obs_dim": 3,
+           "act_dim": 1, "action_low": [-2.0], "action_high": [2.0], "stochastic": False}
+    atomic_save(actor_payload(pendulum_actor(), old), tmp_path / ACTOR)
+    m = export(tmp_path, tmp_path / "old.onnx", n_windows=64).metadata
+    assert (m.model_name, m.default_target_return, m.reward_offset, m.reward_divisor,
+            m.actor_selection) == ("old", -150.0, 0.0, 1.0, "")
 
 
 def test_reward_offset_travels_in_the_file_and_older_files_read_as_zero(tmp_path):
@@ -247,16 +279,16 @@ def test_stochastic_head_exports_its_mode(tmp_path):
     np.testing.assert_allclose(policy.predict(w), actor.from_unit(mode).numpy(), atol=1e-4)
 
 
-def test_metadata_names_are_shared_by_the_run_the_exporter_and_the_file():
-    # The ONNX keys are PolicyMetadata's fields; what the exporter copies from a run's
-    # metadata is named the same in the trainer's ActorMeta, so no key is a free string.
+def test_the_exporter_accounts_for_every_fact_the_run_and_the_file_share():
+    # The run's actor file (ActorMeta) and the ONNX file (PolicyMetadata) share PolicyFacts'
+    # field definitions; the exporter copies each shared fact from the run or takes it from
+    # the actor, so a fact added to PolicyFacts without export code fails here.
     from dataclasses import fields
 
-    from vidt.export.export import PASSED_THROUGH
+    from vidt.export.export import FROM_ACTOR, PASSED_THROUGH
+    from vidt.policy_file import PolicyFacts
     from vidt.train.checkpoint import ActorMeta
 
-    policy = {f.name for f in fields(PolicyMetadata)}
-    run = {f.name for f in fields(ActorMeta)}
-    assert set(PASSED_THROUGH) <= policy and set(PASSED_THROUGH) <= run
-    assert {"obs_dim", "act_dim", "context_len", "action_low", "action_high", "reward_scale",
-            "default_target_return"} <= policy & run  # checked against the actor on export
+    assert issubclass(ActorMeta, PolicyFacts) and issubclass(PolicyMetadata, PolicyFacts)
+    facts = [f.name for f in fields(PolicyFacts)]
+    assert sorted([*PASSED_THROUGH, *FROM_ACTOR, "default_target_return"]) == sorted(facts)

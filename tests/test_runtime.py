@@ -16,8 +16,8 @@ from vidt.envs import make_env
 from vidt.errors import ConfigError, ModelFileError
 from vidt.export import export_actor, random_windows
 from vidt.model import Actor, DecisionTransformer, ModelConfig, ModelSpec
+from vidt.policy_file import _gpu_visible
 from vidt.serving import OnnxPolicy
-from vidt.serving.runtime import _gpu_visible
 from vidt.window import ContextWindow
 
 
@@ -249,8 +249,12 @@ def test_wrong_graph_signature(tmp_path, files):
 
 
 def test_serving_never_imports_torch():
+    # The serving package's names are the policy file's own (vidt.policy_file), not copies.
     code = ("import sys, vidt.serving; assert 'onnxruntime' not in sys.modules; "
-            "from vidt.serving import OnnxPolicy; "
+            "from vidt.serving import OnnxPolicy, PolicyMetadata; "
+            "import vidt.policy_file as pf, vidt.serving.runtime as rt; "
+            "assert OnnxPolicy is pf.OnnxPolicy is rt.OnnxPolicy; "
+            "assert PolicyMetadata is pf.PolicyMetadata is rt.PolicyMetadata; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

@@ -21,6 +21,7 @@ import numpy as np
 
 from vidt.envs import get_family, make_env
 from vidt.errors import DatasetError
+from vidt.policy_file import OnnxPolicy
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,6 @@ class _OnnxActor:
 
     def __init__(self, path: str, env_id: str, target_return: float | None, obs_dim: int,
                  act_dim: int):
-        from vidt.serving.runtime import OnnxPolicy
-
         self.policy = OnnxPolicy(path)
         meta = self.policy.metadata
         if (meta.obs_dim, meta.act_dim) != (obs_dim, act_dim):

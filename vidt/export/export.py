@@ -11,16 +11,14 @@ are silenced here; the parity check is what tells whether the trace is right.
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
-import json
 import math
 import os
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +27,19 @@ import torch
 import vidt
 from vidt.errors import ConfigError, ModelFileError
 from vidt.model import Actor
-from vidt.serving.runtime import FORMAT_VERSION, OnnxPolicy, PolicyMetadata
+from vidt.policy_file import (
+    FORMAT_VERSION,
+    INPUT_NAMES,
+    OUTPUT,
+    TIMESTEPS,
+    OnnxPolicy,
+    PolicyMetadata,
+    write_metadata,
+)
 from vidt.window import WindowInputs
 
 DEFAULT_OPSET = 17  # LayerNormalization is a single op from 17; onnxruntime >= 1.14 runs it
 PARITY_TOL = 1e-4  # max abs action difference eager vs onnxruntime (seen: <= 5e-7)
-INPUT_NAMES = ["observations", "actions", "returns_to_go", "mask"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,11 @@ def _check_finite(actor: Actor) -> None:
                              "(`vidt export RUN_DIR --actor best`)")
 
 
-# PolicyMetadata fields copied from the run's metadata; the others come from the actor itself
-# (sizes, bounds, scale), from this exporter (versions) or from the graph (model_version).
+# Of the facts the run's actor file and the ONNX file share (PolicyFacts), those the exporter
+# takes from the actor itself, checking the run's metadata against them; the default target
+# return, from the run with a fallback; and the rest, copied from the run's metadata. The
+# other PolicyMetadata fields come from this exporter (versions) or the graph (model_version).
+FROM_ACTOR = ("obs_dim", "act_dim", "context_len", "action_low", "action_high", "reward_scale")
 PASSED_THROUGH = ("algo", "env_id", "model_name", "eval_context_len", "max_episode_steps",
                   "reward_offset", "reward_divisor", "actor_selection")
 
@@ -99,15 +107,13 @@ def build_metadata(actor: Actor, meta: dict, model_name: str) -> PolicyMetadata:
         raise ConfigError("export needs a default target return ('eval_target_return' in the "
                           "run's metadata)")
     # The fields the run's metadata gives as they are, by PolicyMetadata's own field names.
-    convert = {"str": str, "int": int, "float": float}
-    given = {f.name: convert[f.type](meta[f.name]) for f in fields(PolicyMetadata)
-             if f.name in PASSED_THROUGH and meta.get(f.name) not in (None, "", 0)}
+    given = {name: PolicyMetadata.cast(name, meta[name]) for name in PASSED_THROUGH
+             if meta.get(name) not in (None, "", 0)}
     return PolicyMetadata(**{
         "algo": "", "env_id": "", "model_name": model_name, "eval_context_len": K,
         "max_episode_steps": 0, **given,
         "format_version": FORMAT_VERSION, "version": vidt.__version__, "obs_dim": obs_dim,
-        "act_dim": act_dim, "action_low": tuple(float(x) for x in low),
-        "action_high": tuple(float(x) for x in high), "context_len": K,
+        "act_dim": act_dim, "action_low": low, "action_high": high, "context_len": K,
         "default_target_return": float(target), "reward_scale": reward_scale,
         "model_version": ""})
 
@@ -163,7 +169,7 @@ def rollout_windows(act: Callable[[WindowInputs], np.ndarray], meta: PolicyMetad
 
 
 def _torch_actions(actor: Actor, w: WindowInputs) -> np.ndarray:
-    feed = [torch.from_numpy(np.ascontiguousarray(v)) for v in w.as_feed().values()]
+    feed = [torch.from_numpy(np.ascontiguousarray(getattr(w, name))) for name in INPUT_NAMES]
     ts = torch.from_numpy(w.timesteps) if actor.model.embed_time is not None else None
     with torch.inference_mode():
         return actor(*feed, ts).numpy()
@@ -208,7 +214,7 @@ def _to_onnx_bytes(actor: Actor, opset: int) -> bytes:
     names = list(INPUT_NAMES)
     if actor.model.embed_time is not None:  # optional 5th input, only when the actor uses it
         args.append(torch.zeros(2, K, dtype=torch.long))
-        names.append("timesteps")
+        names.append(TIMESTEPS.name)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -218,20 +224,13 @@ def _to_onnx_bytes(actor: Actor, opset: int) -> bytes:
         try:
             torch.onnx.export(
                 actor, tuple(args), buf, dynamo=False, opset_version=opset,
-                input_names=names, output_names=["action"],
-                dynamic_axes={n: {0: "batch"} for n in [*names, "action"]},
+                input_names=names, output_names=[OUTPUT.name],
+                dynamic_axes={n: {0: "batch"} for n in [*names, OUTPUT.name]},
                 do_constant_folding=True,
             )
         except Exception as e:
             raise ConfigError(f"ONNX export with opset {opset} failed: {e}") from e
     return buf.getvalue()
-
-
-def _content_hash(model, props: dict[str, str]) -> str:
-    h = hashlib.sha256(model.graph.SerializeToString())
-    h.update(json.dumps({k: v for k, v in props.items() if k != "vidt.model_version"},
-                        sort_keys=True).encode())
-    return h.hexdigest()[:16]
 
 
 def export_actor(
@@ -269,10 +268,7 @@ def export_actor(
     md = build_metadata(actor, meta, model_name or out.stem)
 
     model = onnx.load_from_string(_to_onnx_bytes(actor, opset))
-    props = md.to_props()
-    props["vidt.model_version"] = _content_hash(model, props)
-    md = PolicyMetadata.from_props(props, str(out))
-    onnx.helper.set_model_props(model, props)
+    md = write_metadata(model, md, str(out))
     model.producer_name, model.producer_version = "vidt", vidt.__version__
     model.doc_string = (f"vidt {md.algo} actor for {md.env_id or 'an unknown env'}: raw "
                         "observations, actions, returns_to_go and mask in; action out")

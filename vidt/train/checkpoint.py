@@ -22,6 +22,7 @@ import torch
 from vidt.errors import ConfigError, ModelFileError, StorageError
 from vidt.files import LOCK_FILE, atomic_write, training_pid  # noqa: F401 (re-exported)
 from vidt.model.dt import Actor, DecisionTransformer, ModelConfig, ModelSpec
+from vidt.policy_file import PolicyFacts
 
 CHECKPOINT = "checkpoint.pt"
 ACTOR = "actor.pt"  # the actor as of the last checkpoint
@@ -113,30 +114,16 @@ def set_numpy_rng_state(rng: np.random.Generator, state: str) -> None:
 # ---------------------------------------------------------------- the actor file
 
 
-@dataclass(frozen=True)
-class ActorMeta:
-    """What an actor file says about its actor: written by the trainer, read by `vidt export`
-    (the fields it shares with the ONNX file's PolicyMetadata carry the same names, which a
-    test checks). Stored as a plain dict, so files of older versions, which lack a field or
-    two, still load."""
+@dataclass(frozen=True, kw_only=True)
+class ActorMeta(PolicyFacts):
+    """What an actor file says about its actor: written by the trainer, read by `vidt export`.
+    The facts the ONNX file also carries are PolicyFacts' fields (the same definitions as
+    PolicyMetadata's); the rest are the training run's own. Stored as a plain dict, so files
+    of older versions, which lack a field or two, still load."""
 
-    env_id: str
-    algo: str
     seed: int
-    model_name: str
-    context_len: int
-    eval_context_len: int
     eval_target_return: float
     online_target_return: float
-    default_target_return: float
-    reward_scale: float
-    reward_offset: float
-    reward_divisor: float
-    max_episode_steps: int
-    obs_dim: int
-    act_dim: int
-    action_low: list[float]
-    action_high: list[float]
     stochastic: bool
     timestep_embedding: bool
     online_env_steps: int
@@ -144,6 +131,12 @@ class ActorMeta:
     vidt_version: str
     actor_selection: str = "last"  # or "best": the actor of the run's best evaluation
     selected_eval_return: float | None = None  # for "best": that evaluation's mean return
+
+    def to_dict(self) -> dict:
+        """The dict an actor file stores: plain values, the bounds as lists."""
+        d = asdict(self)
+        d["action_low"], d["action_high"] = list(self.action_low), list(self.action_high)
+        return d
 
 
 def actor_payload(actor: Actor, meta: ActorMeta | dict) -> dict:
@@ -155,7 +148,7 @@ def actor_payload(actor: Actor, meta: ActorMeta | dict) -> dict:
         # The model's own fields only (the config's section adds training-side ones).
         "model_config": {f.name: getattr(cfg, f.name) for f in fields(ModelConfig)},
         "spec": {"obs_dim": actor.model.spec.obs_dim, "act_dim": actor.model.spec.act_dim},
-        "meta": asdict(meta) if isinstance(meta, ActorMeta) else dict(meta),
+        "meta": meta.to_dict() if isinstance(meta, ActorMeta) else dict(meta),
     }
 
 
