@@ -278,3 +278,20 @@ def test_eval_records_a_playable_hopper_episode(run_cli, tmp_path):
         assert max(im.size) <= 320
         im.seek(im.n_frames // 2)
         assert len(set(im.convert("L").getdata())) > 10  # a rendered scene, not a blank
+
+
+def test_eval_records_a_classic_control_episode(run_cli, tmp_path):
+    # Pendulum renders through pygame (gymnasium's classic-control extra), not MuJoCo's GL:
+    # the tour's env must record with what `pip install vidt` brings.
+    from PIL import Image
+
+    model = make_policy_onnx(tmp_path / "p.onnx", obs_dim=3, act_dim=1, env_id="Pendulum-v1",
+                             low=-2.0, high=2.0)
+    with running_server(OnnxPolicy(model, provider="cpu")) as srv:
+        res = run_cli("eval", "--server", f"127.0.0.1:{srv.port}", "--episodes", "1",
+                      "--no-progress", "--record", str(tmp_path / "videos"))
+    assert res.exit_code == 0, res.stderr
+    with Image.open(tmp_path / "videos" / "Pendulum-v1-seed0.gif") as im:
+        assert im.is_animated and im.n_frames > 2
+        im.seek(im.n_frames // 2)
+        assert len(set(im.convert("L").getdata())) > 2  # the pendulum drawn, not a blank
