@@ -53,14 +53,18 @@ def _read_token(path: str | None) -> str | None:
               help="gRPC worker threads = concurrent calls (each open ActStream holds one).")
 @click.option("--transport", type=click.Choice(ServerConfig.TRANSPORTS),
               default=DEFAULTS["transport"], show_default=True,
-              help="threads: a worker thread per call, the lowest latency for a few clients. "
-                   "asyncio: one event loop (grpc.aio), about twice the steps/s under many "
-                   "concurrent sessions, ~0.3 ms more per call for a lone client; --threads "
-                   "and --batch-window-us do not apply to it.")
+              help="threads: a worker thread per call; pick it for one client or a few, "
+                   "where it answers soonest. asyncio: every call a task on one event loop "
+                   "(grpc.aio); pick it for many sessions stepping at once (a fleet, vector "
+                   "envs), where it serves more steps/s; --threads and --batch-window-us do "
+                   "not apply to it. Measurements: benchmarks/RESULTS.md.")
 @click.option("--ort-threads", type=click.IntRange(min=1), default=None,
               help="onnxruntime intra-op threads  [default: onnxruntime's choice]")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Serve Prometheus metrics over HTTP on this port.")
+              help="Also serve HTTP on this port (same --host): /metrics in Prometheus' "
+                   "format, and /ready for readiness probes: 200 while serving, 503 until the "
+                   "model has answered its warm-up call and again while draining after "
+                   "SIGTERM/SIGINT.")
 @click.option("--tls-cert", type=InputPath(dir_okay=False), default=None,
               help="PEM certificate chain (with --tls-key).")
 @click.option("--tls-key", type=InputPath(dir_okay=False), default=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from vidt.serving.client import PolicyClient, ServerError
 from vidt.serving.runtime import OnnxPolicy
 
 VIDT = [sys.executable, "-m", "vidt.cli.main"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +128,20 @@ def test_serve_refuses_a_public_address_without_tls_or_token(run_cli, tiny_pendu
     assert r.exit_code == 1 and "beyond loopback" in r.stderr and "--insecure" in r.stderr
     r = run_cli("serve", "--model", str(tiny_pendulum_file), "--auth-token-file", "/nonexistent")
     assert r.exit_code == 1 and "cannot read the token file" in r.stderr
+
+
+def test_serve_help_teaches_the_choices_and_leaves_measurements_to_results():
+    # Figures quoted in --help go stale apart from the runs that measured them; the help says
+    # what each choice does and when to pick it, and where the numbers are.
+    import click
+
+    from vidt.cli.serve import serve
+
+    helps = {p.name: p.help for p in serve.params if isinstance(p, click.Option)}
+    transport = helps["transport"]
+    assert "benchmarks/RESULTS.md" in transport and (ROOT / "benchmarks/RESULTS.md").exists()
+    assert not re.search(r"\d|twice|times", transport), transport
+    assert "/ready" in helps["metrics_port"] and "503" in helps["metrics_port"]
 
 
 def _wait_serving(address: str, proc, timeout=60.0) -> None:
