@@ -26,7 +26,7 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     tomllib = None
 
-PRESETS = ("tiny", "small", "paper")
+DEFAULT_PRESET = "small"  # the CPU benchmark size: what a run gets when no preset is named
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -165,7 +165,7 @@ class TrainConfig:
     env_id: str = "vidt/OneState-v0"
     dataset: str | None = None  # None: the env's built-in data
     algo: str = DEFAULT_ALGORITHM
-    preset: str = "small"
+    preset: str = DEFAULT_PRESET
     seed: int = 0
     device: str = "auto"  # auto: cuda when available
     amp_bf16: bool = False  # bf16 autocast, CUDA or CPU (opt-in; equal within tolerance)
@@ -233,24 +233,27 @@ def _build(d: dict[str, Any]) -> TrainConfig:
 # ---------------------------------------------------------------- defaults
 
 
-def _preset(preset: str, family) -> dict[str, dict[str, Any]]:
-    """Sizes per preset. `tiny` runs in seconds (tests), `small` is a CPU benchmark in
-    minutes, `paper` is the paper's size (GPU)."""
-    K = family.context_len
-    if preset == "paper":
-        return {"model": {"d_model": 512, "n_layer": 4, "n_head": 4},
-                "data": {"batch_size": 256}, "eval": {"episodes": 10}}
-    if preset == "small":
-        # The smallest model that still learns Pendulum and Hopper from random data within a
-        # CPU budget of minutes (benchmarks/RESULTS.md has the runs); width 128 costs ~3x.
-        k = min(K, 5)
-        return {"model": {"d_model": 64, "n_layer": 2, "n_head": 2, "context_len": k,
-                          "eval_context_len": min(family.eval_context_len, k)},
-                "data": {"batch_size": 128},
-                "optim": {"warmup_steps": 1000},  # 10k warmup would outlast a CPU run
-                "online": {"online_steps": 20_000}, "eval": {"episodes": 5}}
-    # tiny: seconds per run, for tests and smoke checks.
-    k = min(K, 3)
+def _paper(family) -> dict[str, Any]:
+    """The paper's size (GPU)."""
+    return {"model": {"d_model": 512, "n_layer": 4, "n_head": 4},
+            "data": {"batch_size": 256}, "eval": {"episodes": 10}}
+
+
+def _small(family) -> dict[str, Any]:
+    """A CPU benchmark in minutes: the smallest model that still learns Pendulum and Hopper
+    from random data within that budget (benchmarks/RESULTS.md has the runs); width 128 costs
+    ~3x."""
+    k = min(family.context_len, 5)
+    return {"model": {"d_model": 64, "n_layer": 2, "n_head": 2, "context_len": k,
+                      "eval_context_len": min(family.eval_context_len, k)},
+            "data": {"batch_size": 128},
+            "optim": {"warmup_steps": 1000},  # 10k warmup would outlast a CPU run
+            "online": {"online_steps": 20_000}, "eval": {"episodes": 5}}
+
+
+def _tiny(family) -> dict[str, Any]:
+    """Seconds per run, for tests and smoke checks."""
+    k = min(family.context_len, 3)
     return {"threads": 1,  # at this size extra threads only add synchronisation
             "model": {"d_model": 32, "n_layer": 1, "n_head": 2, "context_len": k,
                       "eval_context_len": min(family.eval_context_len, k), "critic_hidden": 64},
@@ -261,31 +264,16 @@ def _preset(preset: str, family) -> dict[str, dict[str, Any]]:
             "eval": {"episodes": 2}}
 
 
-def _family_overrides(family, preset: str) -> dict[str, dict[str, Any]]:
-    """Per-environment settings that a preset should not undo (applied after the preset)."""
-    if family.family != "onestate":
-        return {}
-    # The one-state task (docs/algorithm.md). Rewards are <= 1, so Q is <= 1 and MuJoCo's alpha
-    # 0.1 would leave the RL term a tenth of the supervised one: alpha 1 (set in default_dict)
-    # restores the balance the paper has. lr 1e-3 and 25 rounds of 64 rollouts keep a run
-    # under a minute. The exploration noise (deterministic head only; ODT samples its own
-    # Gaussian) is 0.05 because the claim is about the RL gradient: with wider noise the same
-    # trainer with the RL term off also climbs to the peak by hindsight relabelling alone, so
-    # the comparison would measure the noise. Measurements behind both: RESULTS.md, "One-state".
-    return {
-        "model": {"context_len": 1, "eval_context_len": 1},
-        "data": {"batch_size": 64},
-        "optim": {"actor_lr": 1e-3, "warmup_steps": 50},
-        "online": {"pretrain_updates": 200, "online_steps": 64 * 25, "updates_per_iter": 50,
-                   "min_steps_per_iter": 64, "exploration_noise": 0.05},
-        "eval": {"episodes": 1},  # one state and a deterministic policy: one episode says all
-    }
+# The presets: each one's sizes, from the env family's row (its K and budget).
+_PRESET_SIZES = {"tiny": _tiny, "small": _small, "paper": _paper}
+PRESETS = tuple(_PRESET_SIZES)
 
 
-def default_dict(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = "small",
+def default_dict(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = DEFAULT_PRESET,
                  dataset: str | None = None) -> dict[str, Any]:
     """The config as a nested dict before user overrides: family (and, where the family has a
-    rule for it, the kind of dataset), preset, algorithm."""
+    rule for it, the kind of dataset), preset, the family's settings no preset undoes, the
+    algorithm, the family's alpha. Every per-env value comes from the env's registry row."""
     from vidt.data import is_random_policy_data
     from vidt.envs import get_family
 
@@ -308,17 +296,17 @@ def default_dict(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = "smal
     d["online"].update(pretrain_updates=fam.pretrain_updates, min_steps_per_iter=min_steps,
                        target_return=fam.online_target_return)
     d["eval"].update(target_return=fam.eval_target_return)
-    for over in (_preset(preset, fam), _family_overrides(fam, preset)):
-        for sec, vals in over.items():
-            if isinstance(vals, dict):
-                d[sec].update(vals)
-            else:
-                d[sec] = vals
-    # The algorithm's loss mix (vidt.train.algos).
+    for sec, vals in _PRESET_SIZES[preset](fam).items():
+        if isinstance(vals, dict):
+            d[sec].update(vals)
+        else:
+            d[sec] = vals
+    apply_overrides(d, fam.overrides)
+    # The algorithm's loss mix (vidt.train.algos), then the family's alpha for an RL term.
     d["loss"].update(supervised_coef=alg.supervised_coef, rl_coef=alg.rl_coef,
                      pretrain_supervised_coef=alg.pretrain_supervised_coef)
-    if fam.family == "onestate" and alg.rl_coef > 0:
-        d["loss"]["rl_coef"] = 1.0  # see _family_overrides: rewards <= 1 here
+    if fam.rl_coef is not None and alg.rl_coef > 0:
+        d["loss"]["rl_coef"] = fam.rl_coef
     return d
 
 
@@ -496,20 +484,18 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-UNREGISTERED_NEEDS = ("eval.target_return", "online.target_return", "data.reward_scale")
-
-
-def _check_unregistered(env_id: str, given: dict[str, Any]) -> None:
-    """An env outside the registry has no target returns or reward scale of its own: a run
-    on made-up ones (0 and 1) learns something else than the user thinks, so they must be
-    given."""
+def _check_needs(env_id: str, given: dict[str, Any]) -> None:
+    """An env outside the registry has no target returns or reward scale of its own (its row
+    `needs` them): a run on made-up ones (0 and 1) learns something else than the user
+    thinks, so they must be given."""
     from vidt.envs import get_family
     from vidt.envs.wrappers import check_env_id
 
-    if get_family(env_id).family != "generic":
+    needs = get_family(env_id).needs
+    if not needs:
         return
     check_env_id(env_id)  # a typo gets gymnasium's "did you mean", not this message
-    missing = [k for k in UNREGISTERED_NEEDS if k not in given]
+    missing = [k for k in needs if k not in given]
     if missing:
         raise ConfigError(
             f"{env_id} is not in vidt's registry (`vidt envs` lists it), so it has no target "
@@ -517,7 +503,7 @@ def _check_unregistered(env_id: str, given: dict[str, Any]) -> None:
             f"(the scale makes the returns-to-go about 1: 0.001 for returns in the thousands)")
 
 
-def resolve(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = "small",
+def resolve(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = DEFAULT_PRESET,
             config_file: str | Path | None = None,
             overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The fully resolved config: the one path from an env id to what a run uses. In order,
@@ -526,8 +512,9 @@ def resolve(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = "small",
     1. the env family's settings (vidt.envs.get_family; with the dataset's kind where the
        family has a rule for it: MuJoCo from random data collects 1000 steps per iteration);
     2. the preset's sizes (tiny | small | paper), then the family's settings that a preset
-       must not undo (the one-state task's);
-    3. the algorithm's coefficients (vidt.train.algos);
+       must not undo (its row's `overrides`: the one-state task's);
+    3. the algorithm's coefficients (vidt.train.algos), and the family's alpha where its row
+       has one;
     4. the TOML `config_file`;
     5. `overrides` (the CLI's flags and --set).
 
@@ -540,7 +527,7 @@ def resolve(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = "small",
     preset = overrides.get("preset", file_over.get("preset", preset))
     env_id = overrides.get("env_id", file_over.get("env_id", env_id))
     dataset = overrides.get("dataset", file_over.get("dataset"))
-    _check_unregistered(env_id, {**file_over, **overrides})
+    _check_needs(env_id, {**file_over, **overrides})
     d = default_dict(env_id, algo, preset, dataset)
     d = apply_overrides(d, file_over)
     d = apply_overrides(d, overrides)
