@@ -216,3 +216,35 @@ def test_grad_clip_bounds_the_actor_gradient():
     assert norm.item() <= 1e-3 * 1.0001
     # the actor's RL term never leaves gradients on the critic (its step comes first)
     assert all(p.requires_grad for p in L.critic.parameters())
+
+
+def test_losses_leave_their_metrics_on_the_device_and_an_update_reads_them_once(monkeypatch):
+    # Each `.item()` in a loss would wait for the device: the losses hand back detached
+    # tensors, and the learner reads all of an update's to the host in one copy, to the same
+    # floats `.item()` gives.
+    model, critic = _nets()
+    smodel, _ = _nets(stochastic=True)
+    b = _batch()
+    log_t = torch.tensor(math.log(0.1), requires_grad=True)
+    infos = {"critic": critic_loss(b, critic, torch.zeros(2, 3))[1],
+             "vidt": deterministic_actor_loss(b, model, critic, 1.0, 0.1)[1],
+             "odt": stochastic_actor_loss(b, smodel, log_t, -1.0)[2]}
+    for name, info in infos.items():
+        for k, v in info.items():
+            assert isinstance(v, torch.Tensor) and not v.requires_grad, (name, k, v)
+
+    from vidt.data.builtin import onestate_episodes
+    from vidt.train import learner as learner_module
+    from vidt.train.buffer import SegmentSampler
+
+    reads = []
+    real = learner_module.host_metrics
+    monkeypatch.setattr(learner_module, "host_metrics",
+                        lambda info: reads.append(dict(info)) or real(info))
+    cfg = resolve("vidt/OneState-v0", "vidt", "tiny")
+    L = Learner(cfg, ModelSpec(1, 1), [0.0], [1.0], [-1.0], [1.0])
+    out = L.update(SegmentSampler(onestate_episodes(), 1, 1.0), np.random.default_rng(0), rl=True)
+    assert len(reads) == 1 and out.keys() == reads[0].keys() >= {"critic_loss", "actor_loss"}
+    for k, v in reads[0].items():
+        want = v.item() if isinstance(v, torch.Tensor) else v
+        assert type(out[k]) is float and out[k] == want, k

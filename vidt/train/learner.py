@@ -34,6 +34,18 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
         torch._foreach_lerp_(tp, sp, tau)
 
 
+def host_metrics(info: dict) -> dict[str, float]:
+    """An update's metrics as Python floats, its tensors read in one device-to-host copy: each
+    read waits for the device, so reading them one by one would stop a CUDA update once per
+    value. The values are exactly `.item()`'s: every float dtype widens to float64 exactly."""
+    keys = [k for k, v in info.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in info.items() if k not in keys}
+    if keys:
+        values = torch.stack([info[k].double() for k in keys]).tolist()
+        out.update(zip(keys, values))
+    return {k: out[k] for k in info}  # the info's own order
+
+
 def _split(batch: Batch, n: int) -> list[Batch]:
     fields = batch.__dataclass_fields__
     parts = {k: getattr(batch, k).chunk(n, dim=0) for k in fields}
@@ -91,6 +103,7 @@ class Learner:
                              lc.policy_noise, lc.noise_clip).float()
 
     def critic_step(self, batch: Batch, y: torch.Tensor) -> dict:
+        """One critic step; its metrics as detached tensors (`host_metrics` reads them)."""
         with self._autocast():
             loss, info = critic_loss(batch, self.critic, y)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -103,7 +116,8 @@ class Learner:
         """The algorithm's actor loss, one clipped LAMB step (and the temperature's, for a
         stochastic head). rl=False (pretraining without `rl_from_start`): the supervised term
         alone at `pretrain_supervised_coef`, whatever the online mix; this is how the paper's
-        TD3 row gets a pretrained DT (authors' main.py:439-440)."""
+        TD3 row gets a pretrained DT (authors' main.py:439-440). Its metrics are detached
+        tensors, as the loss returned them, and the learning rate."""
         lc = self.cfg.loss
         sup, alpha = (lc.supervised_coef, lc.rl_coef) if rl else (lc.pretrain_supervised_coef, 0.0)
         if self.critic is None:
@@ -135,14 +149,17 @@ class Learner:
         soft_update(self.critic_target, self.critic, self.cfg.loss.tau)
         soft_update(self.actor_target, self.actor.model, self.cfg.loss.tau)
 
-    def update(self, sampler: SegmentSampler, rng: np.random.Generator, rl: bool) -> dict:
+    def update(self, sampler: SegmentSampler, rng: np.random.Generator, rl: bool
+               ) -> dict[str, float]:
         """One actor update. With a critic (TD3's delayed policy update): `interval` critic
         steps, each on its own batch, then one actor step on the last of them, then the soft
         updates of both targets. The target actor is fixed across those critic steps, so all
-        their TD targets come from one no-grad forward over the batches sampled together."""
+        their TD targets come from one no-grad forward over the batches sampled together.
+        Returns the metrics of the last critic step and of the actor step, read to the host
+        once."""
         bs = self.cfg.data.batch_size
         if self.critic is None:
-            return self.actor_step(self.batch(sampler, bs, rng), rl)
+            return host_metrics(self.actor_step(self.batch(sampler, bs, rng), rl))
         n = self.cfg.loss.actor_update_interval
         together = self.batch(sampler, bs * n, rng)  # (n B, K, ...)
         y = self.td_targets(together)  # (n B, K)
@@ -151,7 +168,7 @@ class Learner:
             info = self.critic_step(batch, y_batch)
         info.update(self.actor_step(batches[-1], rl))
         self.soft_update_targets()
-        return info
+        return host_metrics(info)
 
     def sync_targets(self) -> None:
         """Targets := current weights (at the start of the online phase)."""

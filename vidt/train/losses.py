@@ -10,6 +10,9 @@
 
 All means are over real (non-padding) tokens only: `masked_mean`. Inside the networks,
 states are normalized and actions live in [-1, 1] (`Batch` holds them that way).
+
+Each loss returns its metrics as detached tensors, left on the device: reading one to the
+host waits for the device, so the learner reads all of an update's at once (`host_metrics`).
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def critic_loss(batch: Batch, critic: TwinCritic, y: torch.Tensor) -> tuple[torc
     q = critic(batch.states, batch.actions)  # (2, B, K)
     per_head = ((q - y.unsqueeze(0)) ** 2 * batch.mask).sum(dim=(1, 2)) / batch.mask.sum().clamp(min=1)
     loss = per_head.sum()
-    return loss, {"critic_loss": loss.item(), "q_mean": masked_mean(q[0], batch.mask).item()}
+    return loss, {"critic_loss": loss.detach(), "q_mean": masked_mean(q[0].detach(), batch.mask)}
 
 
 # ---------------------------------------------------------------- actors
@@ -107,13 +110,13 @@ def deterministic_actor_loss(batch: Batch, model: DecisionTransformer, critic: T
     pred = model(*batch.inputs)  # (B, K, A) in [-1, 1]
     mse = masked_mean(((pred - batch.actions) ** 2).mean(-1), batch.mask)
     loss = supervised_coef * mse
-    info = {"supervised_loss": mse.item()}
+    info = {"supervised_loss": mse.detach()}
     if rl_coef > 0 and critic is not None:
         q1 = critic.q1(batch.states, pred)  # (B, K)
         rl = -masked_mean(q1, batch.mask)
         loss = loss + rl_coef * rl
-        info["rl_loss"] = rl.item()
-    info["actor_loss"] = loss.item()
+        info["rl_loss"] = rl.detach()
+    info["actor_loss"] = loss.detach()
     return loss, info
 
 
@@ -128,8 +131,8 @@ def stochastic_actor_loss(batch: Batch, model: DecisionTransformer, log_temperat
     temperature = log_temperature.exp()
     loss = -supervised_coef * log_lik - temperature.detach() * entropy
     temp_loss = temperature * (entropy - target_entropy).detach()
-    info = {"actor_loss": loss.item(), "supervised_loss": -log_lik.item(),
-            "entropy": entropy.item(), "temperature": temperature.item()}
+    info = {"actor_loss": loss.detach(), "supervised_loss": -log_lik.detach(),
+            "entropy": entropy.detach(), "temperature": temperature.detach()}
     return loss, temp_loss, info
 
 
