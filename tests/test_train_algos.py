@@ -1,8 +1,11 @@
 """What each algorithm optimises in each phase, checked by what the actor's update does (not by
 reading the config): a step that is skipped, or a term that is on where it should be off,
-changes the weights differently and fails here."""
+changes the weights differently and fails here. And the table's coefficients against
+docs/algorithm.md's, in the table and in a resolved config."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import torch
 
 from vidt.data.episode import random_episodes
 from vidt.model.dt import ModelSpec
+from vidt.train.algos import ALGORITHMS
 from vidt.train.buffer import SegmentSampler
 from vidt.train.config import resolve
 from vidt.train.learner import Learner
@@ -95,3 +99,42 @@ def test_td3_trains_end_to_end_and_improves_on_the_one_state_task(tmp_path):
     start = res.metrics[0]["eval_return_mean"]  # the pretrained actor, before any online step
     assert res.metrics[0]["phase"] == "pretrain"
     assert max(r["eval_return_mean"] for r in online) > start + 0.3, (start, online[-1])
+
+
+# ---------------------------------------------------------------- the table against the docs
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "algorithm.md"
+COEFS = ("supervised_coef", "rl_coef", "pretrain_supervised_coef")
+
+
+def _doc_table() -> dict[str, dict[str, str]]:
+    """docs/algorithm.md's "Three algorithms, one trainer" table: {algo: {column: cell}}, a
+    column named by its first `code` span (`loss.rl_coef` (alpha) -> loss.rl_coef)."""
+    section = DOC.read_text().split("### Three algorithms, one trainer")[1].split("\n### ")[0]
+    lines = [ln.strip().strip("|") for ln in section.splitlines() if ln.startswith("|")]
+    cells = [[c.strip() for c in ln.split("|")] for ln in lines]
+    header = [c.split("`")[1] if "`" in c else c for c in cells[0]]
+    rows = {}
+    for row in cells[2:]:
+        assert len(row) == len(header), row
+        rows[row[0].split("`")[1]] = dict(zip(header, row))
+    return rows
+
+
+def test_the_docs_table_states_each_algorithms_coefficients():
+    doc = _doc_table()
+    assert list(doc) == list(ALGORITHMS)
+    for name, row in doc.items():
+        a = ALGORITHMS[name]
+        for key in COEFS:
+            assert getattr(a, key) == float(row[f"loss.{key}"]), (name, key)
+        assert a.critic == (row["critic"] != "none"), name
+        assert a.stochastic == ("Gaussian" in row["actor head"]), name
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_a_run_gets_the_documented_coefficients(name):
+    # Through the config: a MuJoCo env (no alpha of its own) runs the table's coefficients.
+    row = _doc_table()[name]
+    loss = resolve("Hopper-v5", name, "tiny").loss
+    assert {k: getattr(loss, k) for k in COEFS} == {k: float(row[f"loss.{k}"]) for k in COEFS}

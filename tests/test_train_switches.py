@@ -118,3 +118,69 @@ def test_bf16_td_target_stays_far_inside_the_smoothing_noise():
     assert 0 < y_err.mean() < spread.mean() / 5, (y_err.mean(), spread.mean())
     print(f"bf16 TD target: max target-action error {act_err:.4f} (noise {noise}); mean |dy| "
           f"{y_err.mean():.5f} vs the noise's spread of y {spread.mean():.5f}")
+
+
+def test_bf16_td_target_switch_leaves_the_critic_and_actor_steps_in_fp32():
+    """`bf16_td_target=true` through resolve(), as a user sets it: the TD target runs in bf16
+    (it differs from fp32's), and nothing else does. A learner with the switch on and a plain
+    one, from the same state and batches, the plain one handed the switched one's TD targets:
+    every loss, weight and optimiser state after the updates is the same to the bit."""
+    over = {"device": "cpu", "model.dropout": 0.0, "data.batch_size": 16,
+            "optim.actor_lr": 1e-3, "optim.critic_lr": 1e-3, "optim.warmup_steps": 1}
+
+    def learner(**switches):
+        cfg = resolve("Pendulum-v1", "vidt", "tiny", overrides={**over, **switches})
+        torch.manual_seed(0)
+        return Learner(cfg, ModelSpec(S, A), np.zeros(S), np.ones(S), -np.ones(A), np.ones(A))
+
+    def run(L):
+        sampler = SegmentSampler(_episodes(), L.cfg.model.context_len, L.cfg.data.reward_scale)
+        rng = np.random.default_rng(0)
+        return [L.update(sampler, rng, rl=True) for _ in range(3)]
+
+    switched = learner(bf16_td_target=True)
+    assert switched.cfg.bf16_td_target and switched.cfg.loss.actor_update_interval > 1
+    calls = []  # per update: the batch, the torch RNG state (the smoothing noise), y
+    real = switched.td_targets
+
+    def recorded(batch):
+        state = torch.get_rng_state()
+        y = real(batch)
+        calls.append((batch, state, y))
+        return y
+
+    switched.td_targets = recorded
+    infos_switched = run(switched)
+
+    plain = learner()
+    assert not plain.cfg.bf16_td_target
+    fp32_real, given = plain.td_targets, iter(calls)
+
+    def handed(batch):
+        b16, state, y16 = next(given)
+        assert torch.equal(batch.states, b16.states)  # the same batches, in the same order
+        torch.set_rng_state(state)
+        y32 = fp32_real(batch)  # the same noise, in fp32
+        assert y16.dtype == y32.dtype == torch.float32
+        assert not torch.equal(y16, y32)  # the switch did put the TD target in bf16
+        return y16
+
+    plain.td_targets = handed
+    infos_plain = run(plain)
+    assert infos_switched == infos_plain
+    s, p = _flat(switched.state_dict()), _flat(plain.state_dict())
+    assert s.keys() == p.keys()
+    assert {k.split(".")[0] for k in s} >= {"actor", "critic", "critic_target", "actor_target",
+                                            "actor_opt", "critic_opt"}
+    for k in s:
+        same = torch.equal(s[k], p[k]) if isinstance(s[k], torch.Tensor) else s[k] == p[k]
+        assert same, k
+
+
+def _flat(x, prefix: str = "") -> dict:
+    """Every leaf of a nested state dict (weights, optimiser moments, counters), by path."""
+    if isinstance(x, (list, tuple)):
+        x = dict(enumerate(x))
+    if isinstance(x, dict):
+        return {path: v for k, sub in x.items() for path, v in _flat(sub, f"{prefix}{k}.").items()}
+    return {prefix[:-1]: x}

@@ -1,16 +1,13 @@
 """The algorithms, each declared once: what the config, the learner, the trainer, the CLI's
 choices, the docs and the benchmarks read. Adding one is an entry here plus its actor loss
-(a function in losses.py with the signature of `ActorLoss`).
-
-| name | actor head    | critic | supervised (online) | RL term alpha | pretraining                  |
-|------|---------------|--------|---------------------|---------------|------------------------------|
-| vidt | deterministic | twin   | 1                   | 0.1           | supervised only (1)          |
-| odt  | tanh-Gaussian | none   | 1 (NLL + entropy)   | 0             | supervised only (1)          |
-| td3  | deterministic | twin   | 0                   | 0.1           | supervised only (1)          |
+(a function in losses.py with the signature of `ActorLoss`). docs/algorithm.md's table
+("Three algorithms, one trainer") describes each entry, coefficients included, and a test
+holds it to this one.
 
 Pretraining uses `pretrain_supervised_coef` and no RL term, unless the family (AntMaze) or
 `--set loss.rl_from_start=true` turns the RL term on from the start, in which case it uses
-the online coefficients (the authors' main.py:439-440).
+the online coefficients (the authors' main.py:439-440). An env family may replace alpha for
+the algorithms that have an RL term (its registry row's `rl_coef`: the one-state task's 1).
 """
 
 from __future__ import annotations
@@ -22,7 +19,8 @@ from vidt.errors import ConfigError
 
 from . import losses
 
-# (learner, batch, supervised_coef, rl_coef) -> (loss to minimise, info for the metrics).
+# (learner, batch, supervised_coef, rl_coef) -> (loss to minimise, info for the metrics:
+# detached tensors, which the learner reads to the host once per update, or floats).
 # The learner gives the loss its networks: train_model, critic, log_temperature,
 # target_entropy. A loss may include terms of other parameters (ODT's temperature): the
 # learner steps every optimiser it has after one backward.
