@@ -24,9 +24,11 @@
    and what a resume costs: CreateSession plain vs with a resume (a full context of history),
    and one failover step as the client lives it (Act -> NOT_FOUND -> resume -> Act again).
 
-`--parts` picks sections (latency, throughput, proxy; default all). `--aio-prototype` adds
-benchmarks/aio_prototype.py's asyncio servers (an echo and a batched Act) to the latency and
-throughput parts: what moving the server to grpc.aio would give, measured beside it.
+`--parts` picks sections (latency, throughput, proxy; default all). `--aio-echo` adds the echo
+server on grpc.aio (the asyncio transport's own ceiling) to the latency and throughput parts.
+`--baseline-python PY` also runs `vidt serve` from another install (e.g. a checkout of an
+earlier commit in its own venv) beside this one, in the same rounds: before/after on the same
+machine in the same run.
 
 Servers run in their own processes, as in production. The measurements alternate in rounds
 (these shared machines are noisy) and percentiles pool the rounds. The machine and versions
@@ -54,7 +56,6 @@ from vidt.serving.server import free_port
 
 # The child processes (echo server, zero-model server, load client) live in their own script.
 ROLES = Path(__file__).resolve().with_name("serve_roles.py")
-AIO = ROLES.with_name("aio_prototype.py")
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -145,7 +146,44 @@ def time_calls(fn, n: int) -> list[float]:
     return out
 
 
+def serve_cmd(py: str, model: Path, port: int, args, *extra: str) -> list[str]:
+    return [py, "-m", "vidt.cli.main", "serve", "--model", str(model), "--port", str(port),
+            "--provider", "cpu", "--ort-threads", str(args.ort_threads), *extra]
+
+
+def servers(args, model: Path, meta, threads: int) -> dict[str, tuple[list[str], bool]]:
+    """name -> (command, whether it answers health): every server a part measures."""
+    py = sys.executable
+    S, A = str(meta.obs_dim), str(meta.act_dim)
+    t = ("--threads", str(threads))
+    out = {"echo": ([py, str(ROLES), "echo-server", "{port}", "--obs-dim", S, "--act-dim", A,
+                     *t], False),
+           "threads": (serve_cmd(py, model, "{port}", args, *t), True),
+           "asyncio": (serve_cmd(py, model, "{port}", args, "--transport", "asyncio"), True),
+           "zero_model": ([py, str(ROLES), "zero-server", "{port}", "--model", str(model), *t],
+                          False)}
+    if args.aio_echo:
+        out["aio_echo"] = ([py, str(ROLES), "echo-server", "{port}", "--obs-dim", S,
+                            "--act-dim", A, "--transport", "asyncio"], False)
+    if args.baseline_python:
+        out["threads_before"] = (serve_cmd(args.baseline_python, model, "{port}", args, *t),
+                                 True)
+        out["asyncio_before"] = (serve_cmd(args.baseline_python, model, "{port}", args,
+                                           "--transport", "asyncio"), True)
+    return out
+
+
+def start(stack, cmd: list[str], health: bool) -> str:
+    port = free_port()
+    proc = stack.enter_context(Proc([str(port) if c == "{port}" else c for c in cmd]))
+    address = f"127.0.0.1:{port}"
+    (wait_serving if health else wait_port)(address, proc)
+    return address
+
+
 def latency(args, model: Path, meta) -> dict:
+    """One client, each kind of call in turn, in rounds: the floor (echo, onnxruntime alone)
+    and Act/ActStream on every server."""
     from vidt.serving.client import PolicyClient
     from vidt.serving.runtime import OnnxPolicy
     from vidt.v1 import policy_pb2 as pb
@@ -159,92 +197,54 @@ def latency(args, model: Path, meta) -> dict:
         inp = window.observe(obs[t], 0.1)
         window.record_action(policy.predict(inp)[0])
     inp = window.observe(obs[0], 0.1)
-
-    echo_port, port = free_port(), free_port()
-    py = sys.executable
-    serve = [py, "-m", "vidt.cli.main", "serve", "--model", str(model), "--port", str(port),
-             "--threads", str(args.threads), "--provider", "cpu",
-             "--ort-threads", str(args.ort_threads)]
-    aio_port = free_port()
-    serve_aio = [*serve[:7], str(aio_port), *serve[8:], "--transport", "asyncio"]
-    echo = [py, str(ROLES), "echo-server", str(echo_port), "--obs-dim", str(S),
-            "--act-dim", str(meta.act_dim), "--threads", str(args.threads)]
-    zero_port = free_port()
-    zero = [py, str(ROLES), "zero-server", str(zero_port), "--model", str(model),
-            "--threads", str(args.threads)]
-    res = {"echo": [], "ort": [], "act": [], "stream": [], "act_zero_model": [], "ort_cold": [],
-           "act_asyncio": [], "stream_asyncio": []}
     big = np.ones(8 << 20, np.uint8)
     scratch = np.empty_like(big)
+    k = [0]  # step counter shared by the timed calls
+
+    def echo_caller(client):
+        def echo_call():
+            # Built and sent like the client's Act (its route key and all), so both pay
+            # the same.
+            r = pb.ActRequest(session_id="echo", step=k[0], observation=obs[k[0] % 256].tolist(),
+                              reward=0.1)
+            client.stub.Act(r, timeout=10, metadata=client.metadata)
+            k[0] += 1
+        return echo_call
+
+    def ort_cold():
+        np.copyto(scratch, big)  # untimed: evicts the model from the caches
+        t0 = time.perf_counter()
+        policy.predict(inp)
+        return time.perf_counter() - t0
+
     with contextlib.ExitStack() as stack:
-        pe, ps, pz, pa = (stack.enter_context(Proc(cmd))
-                          for cmd in (echo, serve, zero, serve_aio))
-        wait_port(f"127.0.0.1:{echo_port}", pe)
-        wait_serving(f"127.0.0.1:{port}", ps)
-        wait_serving(f"127.0.0.1:{zero_port}", pz)
-        wait_serving(f"127.0.0.1:{aio_port}", pa)
-        ec, c, zc, ac = (stack.enter_context(PolicyClient(f"127.0.0.1:{p}"))
-                         for p in (echo_port, port, zero_port, aio_port))
-        s, st, zs = c.session(), c.stream(), zc.session()
-        a_s, a_st = ac.session(), ac.stream()
-        n = args.requests // args.rounds
-        k = [0]  # step counter shared by the timed calls
-
-        def echo_caller(client):
-            def echo_call():
-                # Built and sent like the client's Act (its route key and all), so both pay
-                # the same.
-                r = pb.ActRequest(session_id="echo", step=k[0],
-                                  observation=obs[k[0] % 256].tolist(), reward=0.1)
-                client.stub.Act(r, timeout=10, metadata=client.metadata)
-                k[0] += 1
-            return echo_call
-
-        timed = {}
-        if args.aio_prototype:  # its echo and its batched server, called the same ways
-            aio_ports = free_port(), free_port()
-            for kind, p in zip(("echo", "batched"), aio_ports):
-                wait_port(f"127.0.0.1:{p}", stack.enter_context(Proc(
-                    [py, str(AIO), kind, str(p), "--model", str(model), "--obs-dim", str(S),
-                     "--act-dim", str(meta.act_dim)])))
-            aec, apc = (stack.enter_context(PolicyClient(f"127.0.0.1:{p}")) for p in aio_ports)
-            aio_session = apc.session()
-
-            timed = {"aio_echo": echo_caller(aec),
-                     "aio_prototype_act": stepper(aio_session, obs, k)}
-
-        act_unary, act_stream, act_zero, act_asyncio, stream_asyncio = (
-            stepper(x, obs, k) for x in (s, st, zs, a_s, a_st))
-
-        def ort_cold():
-            np.copyto(scratch, big)  # untimed: evicts the model from the caches
-            t0 = time.perf_counter()
-            policy.predict(inp)
-            return time.perf_counter() - t0
-
-        echo_call = echo_caller(ec)
-        for fn in (echo_call, act_unary, act_stream, act_zero, act_asyncio, stream_asyncio,
-                   lambda: policy.predict(inp), *timed.values()):
+        timed, cold, opened = {"ort": lambda: policy.predict(inp)}, {}, []
+        for name, (cmd, health) in servers(args, model, meta, args.threads).items():
+            client = stack.enter_context(PolicyClient(start(stack, cmd, health)))
+            if name in ("echo", "aio_echo"):
+                timed[name] = echo_caller(client)
+                continue
+            key = "act" if name == "threads" else f"act_{name}"
+            opened += [client.session(), *([] if name == "zero_model" else [client.stream()])]
+            timed[key] = stepper(opened[-1 if name == "zero_model" else -2], obs, k)
+            if name != "zero_model":
+                timed[key.replace("act", "stream", 1)] = stepper(opened[-1], obs, k)
+        cold["ort_cold"] = ort_cold
+        for fn in timed.values():
             time_calls(fn, 200)  # warm-up
-        for key in timed:
-            res[key] = []
+        res = {key: [] for key in (*timed, *cold)}
+        n = args.requests // args.rounds
         for _ in range(args.rounds):
-            res["echo"] += time_calls(echo_call, n)
-            res["ort"] += time_calls(lambda: policy.predict(inp), n)
-            res["act"] += time_calls(act_unary, n)
-            res["stream"] += time_calls(act_stream, n)
-            res["act_zero_model"] += time_calls(act_zero, n)
-            res["ort_cold"] += [ort_cold() for _ in range(n)]
-            res["act_asyncio"] += time_calls(act_asyncio, n)
-            res["stream_asyncio"] += time_calls(stream_asyncio, n)
             for key, fn in timed.items():
                 res[key] += time_calls(fn, n)
-        for x in (st, s, zs, a_st, a_s):
+            res["ort_cold"] += [ort_cold() for _ in range(n)]
+        for x in opened:
             x.close()
     out = {k: {"p50": pct(v, 50), "p99": pct(v, 99), "n": len(v)} for k, v in res.items()}
     floor = out["echo"]["p50"] + out["ort"]["p50"]
-    for key in ("act", "stream", "act_asyncio", "stream_asyncio"):
-        out[f"ratio_{key}_p50_over_floor"] = out[key]["p50"] / floor
+    for key in list(out):
+        if key.startswith(("act", "stream")):
+            out[f"ratio_{key}_p50_over_floor"] = out[key]["p50"] / floor
     return out
 
 
@@ -320,43 +320,27 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def throughput(args, model: Path, meta) -> dict:
-    """Steps/s of `sessions` concurrent sessions against: the server with batching (default
-    flags), the server with --max-batch 1, the server with a zero model (no onnxruntime), and
-    the echo server (the ceiling that the client processes and gRPC leave on this machine,
-    whatever the server does). For each, the server process's CPU per step while the load
-    runs: on a machine the clients share, that is what a server can still cut."""
+    """Steps/s of `sessions` concurrent sessions against: each transport with batching
+    (default flags), the threads server with --max-batch 1, the server with a zero model (no
+    onnxruntime), and the echo server (the ceiling that the client processes and gRPC leave
+    on this machine, whatever the server does). For each, the server process's CPU per step
+    while the load runs: on a machine the clients share, that is what a server can still cut."""
     py = sys.executable
     per = args.sessions // args.workers
-    runs = {"batched": [], "batched_asyncio": [], "max_batch_1": [], "zero_model": [],
-            "echo_ceiling": []}
-    if args.aio_prototype:
-        runs |= {"aio_prototype": [], "aio_echo": []}
-    cpu_us = {k: [] for k in runs}
-    threads = str(max(args.threads, args.sessions + 8))
+    threads = max(args.threads, args.sessions + 8)
+    named = servers(args, model, meta, threads)
+    modes = {"batched": named["threads"], "batched_asyncio": named["asyncio"],
+             "max_batch_1": (named["threads"][0] + ["--max-batch", "1"], True),
+             "zero_model": named["zero_model"], "echo_ceiling": named["echo"],
+             **{f"batched_{k}" if "before" in k else k: v for k, v in named.items()
+                if "before" in k or k == "aio_echo"}}
+    runs = {k: [] for k in modes}
+    cpu_us = {k: [] for k in modes}
     for _ in range(args.tp_rounds):
-        for mode in runs:
+        for mode, (cmd, health) in modes.items():
             port = free_port()
-            if mode == "echo_ceiling":
-                cmd = [py, str(ROLES), "echo-server", str(port), "--obs-dim",
-                       str(meta.obs_dim), "--act-dim", str(meta.act_dim), "--threads", threads]
-            elif mode in ("aio_prototype", "aio_echo"):
-                cmd = [py, str(AIO), "batched" if mode == "aio_prototype" else "echo", str(port),
-                       "--model", str(model), "--obs-dim", str(meta.obs_dim), "--act-dim",
-                       str(meta.act_dim)]
-            elif mode == "zero_model":
-                cmd = [py, str(ROLES), "zero-server", str(port), "--model", str(model),
-                       "--threads", threads]
-            else:
-                cmd = [py, "-m", "vidt.cli.main", "serve", "--model", str(model), "--port",
-                       str(port), "--threads", threads, "--provider", "cpu", "--ort-threads",
-                       str(args.ort_threads), *(["--max-batch", "1"] if mode == "max_batch_1"
-                                                else []),
-                       *(["--transport", "asyncio"] if mode == "batched_asyncio" else [])]
-            with Proc(cmd) as ps:
-                if mode in ("batched", "batched_asyncio", "max_batch_1"):
-                    wait_serving(f"127.0.0.1:{port}", ps)
-                else:
-                    wait_port(f"127.0.0.1:{port}", ps)
+            with Proc([str(port) if c == "{port}" else c for c in cmd]) as ps:
+                (wait_serving if health else wait_port)(f"127.0.0.1:{port}", ps)
                 workers = [subprocess.Popen(
                     [py, str(ROLES), "load-worker", f"127.0.0.1:{port}", "--sessions",
                      str(per), "--seconds", str(args.seconds), "--obs-dim", str(meta.obs_dim)],
@@ -372,20 +356,14 @@ def throughput(args, model: Path, meta) -> dict:
             cpu_us[mode].append((c1 - c0) / (t1 - t0) / rate * 1e6)
     med = {k: statistics.median(v) for k, v in runs.items()}
     return {"sessions": per * args.workers, "workers": args.workers, "runs": runs,
-            "batched_steps_per_s": med["batched"], "max_batch_1_steps_per_s": med["max_batch_1"],
-            "zero_model_steps_per_s": med["zero_model"],
+            "steps_per_s": med, "max_batch_1_steps_per_s": med["max_batch_1"],
+            "batched_steps_per_s": med["batched"],
             "echo_ceiling_steps_per_s": med["echo_ceiling"],
-            "ceiling_share": med["batched"] / med["echo_ceiling"],
-            "batched_asyncio_steps_per_s": med["batched_asyncio"],
-            "asyncio_ceiling_share": med["batched_asyncio"] / med["echo_ceiling"],
+            "ceiling_share": {k: v / med["echo_ceiling"] for k, v in med.items()
+                              if k.startswith("batched")},
             "server_cpu_us_per_step": {k: statistics.median(v) for k, v in cpu_us.items()},
             "speedup": med["batched"] / med["max_batch_1"],
-            "speedup_possible_at_most": med["echo_ceiling"] / med["max_batch_1"],
-            **({"aio_prototype_steps_per_s": med["aio_prototype"],
-                "aio_echo_steps_per_s": med["aio_echo"],
-                "aio_prototype_ceiling_share": med["aio_prototype"] / med["echo_ceiling"],
-                "asyncio_share_of_aio_echo": med["batched_asyncio"] / med["aio_echo"]}
-               if args.aio_prototype else {})}
+            "speedup_possible_at_most": med["echo_ceiling"] / med["max_batch_1"]}
 
 
 def machine() -> dict:
@@ -421,8 +399,11 @@ def main() -> None:
     ap.add_argument("--ort-threads", type=int, default=1)
     ap.add_argument("--parts", default="latency,throughput,proxy",
                     help="comma list of latency, throughput, proxy")
-    ap.add_argument("--aio-prototype", action="store_true",
-                    help="throughput: also benchmarks/aio_prototype.py's servers (echo, batched)")
+    ap.add_argument("--aio-echo", action="store_true",
+                    help="also the echo server on grpc.aio (the asyncio transport's ceiling)")
+    ap.add_argument("--baseline-python", default=None,
+                    help="also `vidt serve` run by this interpreter (an earlier install), "
+                         "reported as *_before")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -461,24 +442,33 @@ def main() -> None:
         print_proxy(px)
 
 
+NAMES = {"echo": "floor: gRPC echo, same server settings",
+         "ort": "floor: onnxruntime batch 1 alone",
+         "ort_cold": "onnxruntime batch 1 after 8 MB of other memory traffic",
+         "aio_echo": "gRPC echo on grpc.aio",
+         "act_zero_model": "Act, threads server with a zero model (no onnxruntime)"}
+
+
+def _name(key: str) -> str:
+    if key in NAMES:
+        return NAMES[key]
+    call, _, rest = key.partition("_")
+    transport = "asyncio" if "asyncio" in rest else "threads"
+    return (f"{'Act (unary)' if call == 'act' else 'ActStream'}, one client, {transport}"
+            f"{' (before)' if rest.endswith('before') else ''}")
+
+
 def print_latency(L: dict) -> None:
-    print("| measurement | p50 ms | p99 ms |\n|---|---|---|")
-    for key, name in [("echo", "floor: gRPC echo, same server settings"),
-                      ("ort", "floor: onnxruntime batch 1 alone"),
-                      ("act", "Act (unary), one client"), ("stream", "ActStream, one client"),
-                      ("act_zero_model", "Act, same server with a zero model (no onnxruntime)"),
-                      ("ort_cold", "onnxruntime batch 1 after 8 MB of other memory traffic"),
-                      ("act_asyncio", "Act (unary), one client, --transport asyncio"),
-                      ("stream_asyncio", "ActStream, one client, --transport asyncio"),
-                      ("aio_echo", "asyncio prototype: echo"),
-                      ("aio_prototype_act", "asyncio prototype: Act")]:
-        if key in L:
-            print(f"| {name} | {L[key]['p50']:.3f} | {L[key]['p99']:.3f} |")
-    for t, sfx in (("threads", ""), ("asyncio", "_asyncio")):
-        r = L[f"ratio_act{sfx}_p50_over_floor"]
-        print(f"{t}: Act p50 / (echo p50 + onnxruntime p50) = {r:.3f} ("
-              f"{'meets' if r <= 1.15 else 'misses'} the 1.15 target); stream: "
-              f"{L[f'ratio_stream{sfx}_p50_over_floor']:.3f}")
+    print("| measurement | p50 ms | p99 ms | p50 / floor |\n|---|---|---|---|")
+    for key, v in L.items():
+        if key.startswith("ratio_"):
+            continue
+        r = L.get(f"ratio_{key}_p50_over_floor")
+        print(f"| {_name(key)} | {v['p50']:.3f} | {v['p99']:.3f} | "
+              f"{'' if r is None else f'{r:.3f}'} |")
+    r = L["ratio_act_p50_over_floor"]
+    print(f"threads: Act p50 / (echo p50 + onnxruntime p50) = {r:.3f} ("
+          f"{'meets' if r <= 1.15 else 'misses'} the 1.15 target)")
     print(f"beyond the floor: serving layer without onnxruntime "
           f"{L['act_zero_model']['p50'] - L['echo']['p50']:+.3f} ms (zero model vs echo); "
           f"onnxruntime with cold caches {L['ort_cold']['p50'] - L['ort']['p50']:+.3f} ms")
@@ -486,25 +476,17 @@ def print_latency(L: dict) -> None:
 
 def print_throughput(tp: dict) -> None:
     ok = "meets" if tp["speedup"] >= 3 else "misses"
-    print(f"{tp['sessions']} concurrent sessions ({tp['workers']} client processes): "
+    print(f"\n{tp['sessions']} concurrent sessions ({tp['workers']} client processes): "
           f"{tp['batched_steps_per_s']:.0f} steps/s batched vs {tp['max_batch_1_steps_per_s']:.0f}"
-          f" with --max-batch 1: {tp['speedup']:.2f}x ({ok} the 3x target)")
-    print(f"ceiling: the echo server under the same load does {tp['echo_ceiling_steps_per_s']:.0f}"
-          f" steps/s, so at most {tp['speedup_possible_at_most']:.2f}x is possible here; "
-          f"runs {json.dumps({k: [round(x) for x in v] for k, v in tp['runs'].items()})}")
-    for t, key, rate in (("threads", "ceiling_share", "batched_steps_per_s"),
-                         ("asyncio", "asyncio_ceiling_share", "batched_asyncio_steps_per_s")):
-        share = tp[key]
-        print(f"{t}: batched {tp[rate]:.0f} steps/s = {share:.2f} of the ceiling "
-              f"({'meets' if share >= 0.8 else 'misses'} the 0.8 target)")
-    print(f"zero model (threads, no onnxruntime): {tp['zero_model_steps_per_s']:.0f} steps/s")
-    print("server CPU per step under this load (us): " + ", ".join(
-        f"{k} {v:.0f}" for k, v in tp["server_cpu_us_per_step"].items()))
-    if "aio_prototype_steps_per_s" in tp:
-        print(f"asyncio prototype (benchmarks/aio_prototype.py): {tp['aio_prototype_steps_per_s']:.0f}"
-              f" steps/s = {tp['aio_prototype_ceiling_share']:.2f} of the ceiling; its echo "
-              f"{tp['aio_echo_steps_per_s']:.0f} steps/s; --transport asyncio = "
-              f"{tp['asyncio_share_of_aio_echo']:.2f} of that asyncio echo")
+          f" with --max-batch 1: {tp['speedup']:.2f}x ({ok} the 3x target; the echo ceiling "
+          f"allows at most {tp['speedup_possible_at_most']:.2f}x here)")
+    print("| server | steps/s | share of the echo ceiling | server CPU us/step |\n"
+          "|---|---|---|---|")
+    for k, v in tp["steps_per_s"].items():
+        share = tp["ceiling_share"].get(k)
+        print(f"| {k} | {v:.0f} | {'' if share is None else f'{share:.2f}'} | "
+              f"{tp['server_cpu_us_per_step'][k]:.0f} |")
+    print(f"runs {json.dumps({k: [round(x) for x in v] for k, v in tp['runs'].items()})}")
 
 
 def print_proxy(P: dict) -> None:

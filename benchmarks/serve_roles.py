@@ -1,6 +1,7 @@
 """The processes benchmarks/serve_latency.py starts beside `vidt serve`, one role each:
 
     python benchmarks/serve_roles.py echo-server PORT [--obs-dim 11 --act-dim 3 --threads 64]
+                                               [--transport threads|asyncio]
     python benchmarks/serve_roles.py zero-server PORT --model policy.onnx [--threads 64]
     python benchmarks/serve_roles.py load-worker 127.0.0.1:PORT [--sessions 16 --seconds 4]
 
@@ -22,8 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 
-def run_echo_server(port: int, obs_dim: int, act_dim: int, threads: int) -> None:
-    """A PolicyService whose Act returns a constant: grpc's cost with vidt's server settings."""
+def run_echo_server(port: int, obs_dim: int, act_dim: int, threads: int,
+                    transport: str = "threads") -> None:
+    """A PolicyService whose Act returns a constant: grpc's cost with vidt's server settings,
+    on grpc's synchronous server (threads) or on grpc.aio (asyncio)."""
+    import asyncio
+
     import grpc
 
     from vidt.serving.server import message_limits
@@ -31,31 +36,49 @@ def run_echo_server(port: int, obs_dim: int, act_dim: int, threads: int) -> None
     from vidt.v1 import policy_pb2_grpc as pb_grpc
 
     action = [0.0] * act_dim
+    answers = {  # method -> (request -> response)
+        "GetPolicyInfo": lambda r: pb.PolicyInfo(model_version="echo", observation_dim=obs_dim,
+                                                 action_dim=act_dim),  # once per channel
+        "CreateSession": lambda r: pb.CreateSessionResponse(session_id="echo"),
+        "CloseSession": lambda r: pb.CloseSessionResponse(),
+        "Act": lambda r: pb.ActResponse(session_id=r.session_id, step=r.step, action=action,
+                                        return_to_go=0.0),
+    }
+    if transport == "asyncio":
+        def unary(answer):
+            async def call(request, context):
+                return answer(request)
+            return call
 
-    class Echo(pb_grpc.PolicyServiceServicer):
-        def GetPolicyInfo(self, request, context):  # the client asks it once per channel
-            return pb.PolicyInfo(model_version="echo", observation_dim=obs_dim,
-                                 action_dim=act_dim)
+        async def stream(request_iterator, context):
+            async for r in request_iterator:
+                yield answers["Act"](r)
+    else:
+        def unary(answer):
+            return lambda request, context: answer(request)
 
-        def CreateSession(self, request, context):
-            return pb.CreateSessionResponse(session_id="echo")
-
-        def CloseSession(self, request, context):
-            return pb.CloseSessionResponse()
-
-        def Act(self, request, context):
-            return pb.ActResponse(session_id=request.session_id, step=request.step,
-                                  action=action, return_to_go=0.0)
-
-        def ActStream(self, request_iterator, context):
+        def stream(request_iterator, context):
             for r in request_iterator:
-                yield pb.ActResponse(session_id=r.session_id, step=r.step, action=action)
+                yield answers["Act"](r)
 
+    handlers = type("Echo", (), {k: staticmethod(unary(f)) for k, f in answers.items()})
+    handlers.ActBatch, handlers.ActStream = staticmethod(unary(None)), staticmethod(stream)
     recv, send = message_limits(obs_dim, act_dim, 1024)
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=[
-        ("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", recv),
-        ("grpc.max_send_message_length", send)])
-    pb_grpc.add_PolicyServiceServicer_to_server(Echo(), server)
+    options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", recv),
+               ("grpc.max_send_message_length", send)]
+    if transport == "asyncio":
+        async def serve():
+            server = grpc.aio.server(options=options)
+            pb_grpc.add_PolicyServiceServicer_to_server(handlers, server)
+            server.add_insecure_port(f"127.0.0.1:{port}")
+            await server.start()
+            print("ready", flush=True)
+            await server.wait_for_termination()
+
+        asyncio.run(serve())
+        return
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=options)
+    pb_grpc.add_PolicyServiceServicer_to_server(handlers, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print("ready", flush=True)
@@ -130,6 +153,7 @@ def main() -> None:
     echo.add_argument("--obs-dim", type=int, default=11)
     echo.add_argument("--act-dim", type=int, default=3)
     echo.add_argument("--threads", type=int, default=64)
+    echo.add_argument("--transport", choices=["threads", "asyncio"], default="threads")
     zero = sub.add_parser("zero-server", help="vidt's server with a zero model")
     zero.add_argument("port", type=int)
     zero.add_argument("--model", required=True)
@@ -141,7 +165,7 @@ def main() -> None:
     load.add_argument("--obs-dim", type=int, default=11)
     a = ap.parse_args()
     if a.role == "echo-server":
-        run_echo_server(a.port, a.obs_dim, a.act_dim, a.threads)
+        run_echo_server(a.port, a.obs_dim, a.act_dim, a.threads, a.transport)
     elif a.role == "zero-server":
         run_zero_server(a.port, a.model, a.threads)
     else:

@@ -18,10 +18,11 @@ status. The rules it implements (proto/vidt/v1/policy.proto):
 - Draining (shutdown) refuses new sessions with UNAVAILABLE; open episodes may still step,
   so that a client can finish its episode within the server's grace period.
 
-Inference is injected (`infer(list[WindowInputs]) -> (n, A)`): a `Batcher` in the server,
-`policy.act_batch` or any function in tests and embeddings. The asyncio transport steps
-through `act_async`/`act_batch_async` with `infer_async(list[WindowInputs]) -> Future of
-(n, A)` (an `AsyncBatcher`); both paths share every rule above.
+Inference is given to the store when it is made: `infer(list[WindowInputs]) -> (n, A)` (a
+`Batcher` in the server, `policy.act_batch` or any function in tests and embeddings) for
+`act`/`act_batch`, and `infer_async(list[WindowInputs]) -> Future of (n, A)` (the same
+Batcher's `submit`) for `act_async`/`act_batch_async`, which callers on an event loop use.
+Both paths share every rule above: `_begin` decides and `_settle` keeps or undoes.
 """
 
 from __future__ import annotations
@@ -350,12 +351,8 @@ class SessionStore:
             self._settle(new, results, batch, out)
         for i, p in waits:
             done = threading.Event()
-            with self._lock:
-                if p.result is None and p.error is None:
-                    p.waiters.append(done.set)
-                else:
-                    done.set()
-            done.wait()
+            if self._wait_for(p, done.set):
+                done.wait()
             results[i] = p.outcome()
         return results  # type: ignore[return-value]
 
@@ -388,14 +385,19 @@ class SessionStore:
             await done
         for i, p in waits:
             done = loop.create_future()
-            with self._lock:
-                if p.result is None and p.error is None:
-                    p.waiters.append(lambda f=done: loop.call_soon_threadsafe(_resolve, f))
-                else:
-                    done.set_result(None)
-            await done
+            if self._wait_for(p, lambda f=done: loop.call_soon_threadsafe(_resolve, f)):
+                await done
             results[i] = p.outcome()
         return results  # type: ignore[return-value]
+
+    def _wait_for(self, p: _Pending, wake: Callable[[], None]) -> bool:
+        """Whether the step `p` is still being computed; if so, `wake` is called once it is
+        settled (from the thread or task that settles it)."""
+        with self._lock:
+            if p.result is None and p.error is None:
+                p.waiters.append(wake)
+                return True
+        return False
 
     def _begin(self, requests: list[StepRequest], batch: bool):
         """Check every request and decide what each is (stored answer, in flight, new),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from serving_util import Clock, NumpyActor, episode
 
-from vidt.serving.batcher import Batcher
+from vidt.serving.batcher import Batcher, _Item
 from vidt.serving.sessions import (
     FailedPrecondition,
     InvalidArgument,
@@ -425,13 +425,11 @@ def test_malformed_or_foreign_resume_is_refused_and_creates_nothing():
     _refused(store, good, Unavailable, "draining")
 
 
-# ---- the asyncio path (AsyncBatcher, SessionStore.act_async) --------------------------------
+# ---- the asyncio path (Batcher.submit, SessionStore.act_async) --------------------------------
 
 
 def test_async_batcher_merges_callers_queued_during_inference():
     import asyncio
-
-    from vidt.serving.aio import AsyncBatcher
 
     actor = NumpyActor()
     predict, gate = _gated(actor)
@@ -439,12 +437,12 @@ def test_async_batcher_merges_callers_queued_during_inference():
     windows = _windows(actor, 12)
 
     async def main():
-        batcher = AsyncBatcher(predict, max_batch=8, on_batch=sizes.append)
-        first = batcher([windows[0]])
+        batcher = Batcher(predict, max_batch=8, on_batch=sizes.append)
+        first = batcher.submit([windows[0]])
         await asyncio.sleep(0)  # the first batch starts with the first window alone
         while not gate["entered"].is_set():
             await asyncio.sleep(0.001)
-        rest = [batcher([w]) for w in windows[1:]]  # queued while predict is held
+        rest = [batcher.submit([w]) for w in windows[1:]]  # queued while predict is held
         gate["release"].set()
         out = await asyncio.gather(first, *rest)
         batcher.close()
@@ -459,8 +457,6 @@ def test_async_batcher_merges_callers_queued_during_inference():
 def test_async_batcher_errors_reach_every_caller_and_it_goes_on():
     import asyncio
 
-    from vidt.serving.aio import AsyncBatcher
-
     actor = NumpyActor()
     calls = []
 
@@ -473,9 +469,10 @@ def test_async_batcher_errors_reach_every_caller_and_it_goes_on():
     ws = _windows(actor, 3)
 
     async def main():
-        b = AsyncBatcher(flaky, max_batch=8)
-        failed = await asyncio.gather(b([ws[0]]), b([ws[1]]), return_exceptions=True)
-        ok = await b([ws[2]])
+        b = Batcher(flaky, max_batch=8)
+        failed = await asyncio.gather(b.submit([ws[0]]), b.submit([ws[1]]),
+                                      return_exceptions=True)
+        ok = await b.submit([ws[2]])
         b.close()
         return failed, ok
 
@@ -490,8 +487,6 @@ def test_async_steps_follow_the_same_rules_as_sync_ones():
     out-of-order step is refused, and a failed inference leaves the window as it was."""
     import asyncio
 
-    from vidt.serving.aio import AsyncBatcher
-
     actor = NumpyActor()
     obs, rew = episode(n=5, S=actor.metadata.obs_dim)
     sync = SessionStore(actor.metadata, actor.infer)
@@ -505,8 +500,8 @@ def test_async_steps_follow_the_same_rules_as_sync_ones():
         return actor.predict(inputs)
 
     async def main():
-        batcher = AsyncBatcher(predict)
-        store = SessionStore(actor.metadata, None, infer_async=batcher)
+        batcher = Batcher(predict)
+        store = SessionStore(actor.metadata, None, infer_async=batcher.submit)
         a = store.create().session_id
         got = [(await store.act_async(StepRequest(a, 0, obs[0], rew[0]))).action]
         # Step 1 twice at once (a client's retry racing its first try): one inference.
@@ -539,27 +534,27 @@ def test_async_steps_are_undone_whatever_fails_before_inference_runs():
     must undo the step like an inference failure: no session left pending for ever."""
     import asyncio
 
-    from vidt.serving.aio import AsyncBatcher
-
     actor = NumpyActor()
     obs, rew = episode(n=2, S=actor.metadata.obs_dim)
 
     def refuse(_windows):
         raise MemoryError("no room for the batch")
 
-    class BadStack(AsyncBatcher):
-        def __call__(self, windows):
-            fut = super().__call__(windows)
-            self._queue.append((None, 1, asyncio.get_running_loop().create_future()))
+    class BadStack(Batcher):
+        def submit(self, windows):
+            fut = super().submit(windows)
+            bad = _Item(windows)
+            bad.inputs, bad.future = None, asyncio.get_running_loop().create_future()
+            self._aqueue.append(bad)
             return fut  # the batch now holds a window that cannot be stacked
 
     async def main():
-        for infer in (refuse, BadStack(actor.predict)):
+        for infer in (refuse, BadStack(actor.predict).submit):
             store = SessionStore(actor.metadata, None, infer_async=infer)
             sid = store.create().session_id
             with pytest.raises((ServingError, MemoryError)):
                 await asyncio.wait_for(store.act_async(StepRequest(sid, 0, obs[0], 0.0)), 5)
-            store.infer_async = AsyncBatcher(actor.predict)
+            store.infer_async = Batcher(actor.predict).submit
             r = await asyncio.wait_for(store.act_async(StepRequest(sid, 0, obs[0], 0.0)), 5)
             assert r.step == 0  # the same step again: the failure left nothing pending
 
