@@ -29,7 +29,8 @@ def sweep(sweep_file, address, max_concurrent, dry_run):
     running run writes a checkpoint; running the
     same command again skips finished runs and resumes the others. The exit status is 0 when
     every run has finished, 1 when any failed (their logs are named) or stopped on its own,
-    130 when interrupted.
+    130 when interrupted. Each run's log, ROOT/logs/<run>.log, holds its command line, the
+    trainer's messages, a line per evaluation, how it ended and its JSON summary.
 
     \b
     Example:
@@ -57,8 +58,9 @@ def sweep(sweep_file, address, max_concurrent, dry_run):
                        echo=lambda m: click.echo(m, err=True))
     failed = [o for o in result.outcomes if o.status == "failed"]
     click.echo(f"{result.count('finished')} finished, {result.count('skipped')} already "
-               f"finished, {len(failed)} failed, {result.count('interrupted')} interrupted; "
-               f"`vidt report {spec.root}` summarizes them", err=True)
+               f"finished, {len(failed)} failed, {result.count('interrupted')} interrupted, "
+               f"{result.count('not started')} not started; `vidt report {spec.root}` "
+               "summarizes them", err=True)
     for o in failed:
         click.echo(f"failed: {o.point.run_dir}: {o.detail}; log: {o.log}", err=True)
     if result.interrupted:

@@ -106,6 +106,50 @@ def test_a_2x2_sweep_runs_every_point_and_report_reads_it(reference):
     assert again.returncode == 0 and "nothing to do" in again.stderr
 
 
+def test_a_run_s_log_holds_its_command_progress_end_and_summary(reference):
+    root, _ = reference
+    log = (root / "logs" / "vidt-OneState-v0-builtin" / "odt" / "s1.log").read_text()
+    lines = log.strip().splitlines()
+    assert lines[0].startswith("$ vidt train --env vidt/OneState-v0 --algo odt --seed 1")
+    evals = [line for line in lines if " online steps, " in line]
+    assert "pretrain: 0 online steps" in evals[0]
+    assert "online: 384 online steps" in evals[-1]
+    assert " finished after " in lines[-2]
+    summary = json.loads(lines[-1])
+    assert (summary["algo"], summary["online_env_steps"], summary["interrupted"]) == (
+        "odt", 384, False)
+
+
+def test_a_stopped_sweep_counts_what_finished_before_the_stop_and_what_never_started(
+        tmp_path):
+    """`kill PID` the moment the first of two runs (one at a time) reaches its budget: that
+    run has finished, as `vidt report` and a rerun count it, and the second never started."""
+    from vidt.report.runs import read_run
+
+    f, root = sweep_file(tmp_path, "stop", algos='["odt"]')
+    first = root / "vidt-OneState-v0-builtin" / "odt" / "s0"
+    proc = subprocess.Popen([sys.executable, "-m", "vidt.cli.main", "sweep", str(f),
+                             "--max-concurrent", "1"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONHASHSEED": "0"})
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert time.monotonic() < deadline and proc.poll() is None
+            try:
+                if (first / "metrics.csv").exists() and read_run(first).finished:
+                    break
+            except Exception:  # a row half written
+                pass
+            time.sleep(0.02)
+        proc.terminate()  # kill PID
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=300) == 130, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "1 finished, 0 already finished, 0 failed, 0 interrupted, 1 not started" in rest
+
+
 def test_an_interrupted_sweep_goes_on_without_redoing_and_ends_as_uninterrupted(
         reference, tmp_path):
     ref_root, _ = reference
@@ -190,7 +234,7 @@ def test_a_run_stopped_by_itself_makes_the_sweep_exit_non_zero(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "0 finished, 0 already finished, 0 failed, 1 interrupted" in rest
+    assert "0 finished, 0 already finished, 0 failed, 1 interrupted, 0 not started" in rest
     assert "1 run(s) stopped before finishing: run the same command again" in rest
 
 

@@ -9,6 +9,7 @@ checkpoint; a rerun skips finished runs and resumes the others.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -32,7 +33,9 @@ STOP_FILE = ".sweep-stop"  # in the root: tells the sweep's tasks to checkpoint 
 @dataclass
 class Outcome:
     point: Point
-    status: str  # "finished", "skipped" (was finished), "failed", "interrupted"
+    # "finished", "skipped" (was finished), "failed", "interrupted", "not started" (the sweep
+    # stopped before its trainer did)
+    status: str
     seconds: float = 0.0
     log: Path | None = None
     detail: str = ""
@@ -68,45 +71,104 @@ def log_path(sweep: Sweep, p: Point) -> Path:
     return sweep.root / "logs" / p.run_dir.relative_to(sweep.root).with_suffix(".log")
 
 
+class _Progress:
+    """Each new evaluation in a run's metrics.csv, as one line for the run's log: `vidt train
+    --json` prints nothing while it runs, and the log is where a sweep's user looks."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "metrics.csv"
+        self.seen = len(self._rows())  # a resumed run's earlier rows are not news
+
+    def _rows(self) -> list[dict]:
+        try:
+            with open(self.path, newline="") as f:
+                return list(csv.DictReader(f))
+        except (OSError, csv.Error):
+            return []
+
+    def lines(self) -> list[str]:
+        rows = self._rows()
+        self.seen = min(self.seen, len(rows))  # a resume cut rows past its checkpoint
+        new, self.seen = rows[self.seen:], len(rows)
+        out = []
+        for r in new:
+            if not r.get("eval_return_mean"):
+                continue
+            norm = r.get("eval_normalized_score")
+            out.append(f"{time.strftime('%H:%M:%S')} {r.get('phase')}: "
+                       f"{r.get('online_env_steps')} online steps, {r.get('actor_updates')} "
+                       f"actor updates, eval return {float(r['eval_return_mean']):.4g}"
+                       + (f" (normalized {float(norm):.1f})" if norm else "")
+                       + f", {r.get('wall_time_s')} s")
+        return out
+
+
+def _run_dir_of(args: list[str]) -> Path:
+    return Path(args[args.index("--out") + 1])
+
+
 def train_task(args: list[str], log: str, stop_file: str, cwd: str | None = None) -> dict:
-    """Body of one Ray task: `vidt train ARGS`, stderr to `log`. When `stop_file` appears (the
-    sweep was interrupted; it lives in the sweep's root, which every node sees) or a Ray
-    cancel lands, the run gets SIGINT, writes its checkpoint and stops. cwd: the sweep's
-    working directory, where the file's relative paths point (a task on another node starts
-    elsewhere; the paths stay as written, so a resumed run's config still matches)."""
+    """Body of one Ray task: `vidt train ARGS`. Its log gets the command line, the trainer's
+    stderr, a line per evaluation, how it ended and its JSON summary. When `stop_file`
+    appears (the sweep was interrupted; it lives in the sweep's root, which every node sees)
+    or a Ray cancel lands, the run gets SIGINT, writes its checkpoint and stops. cwd: the
+    sweep's working directory, where the file's relative paths point (a task on another node
+    starts elsewhere; the paths stay as written, so a resumed run's config still matches)."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    with open(log, "a") as err:
+    progress = _Progress(Path(cwd or ".") / _run_dir_of(args))
+    with open(log, "a", buffering=1) as err:
         err.write(f"\n$ vidt train {' '.join(args)}\n")
-        err.flush()
-        # SIGINT if this worker dies (Ray shutdown, a lost node): the run checkpoints and
-        # stops instead of going on unseen and holding its directory's lock.
-        # Its own session: a terminal's Ctrl-C goes to the whole foreground process group, and
-        # a trainer that got it there and again from this task would take the second as "stop
-        # now" and skip its checkpoint. Ray 2.x puts its workers in groups of their own; this
-        # keeps it so whatever Ray does. One SIGINT, from here.
-        proc = subprocess.Popen(with_parent([sys.executable, "-m", "vidt.cli.main", "train",
-                                             *args], signal.SIGINT),
-                                stdout=subprocess.PIPE, stderr=err, text=True,
-                                start_new_session=True, cwd=cwd)
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=0.2)
-                    break
-                except subprocess.TimeoutExpired:
-                    if os.path.exists(stop_file):
-                        raise KeyboardInterrupt from None
-            out = proc.stdout.read()  # one JSON line: never fills the pipe
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
+        result = _train(args, err, stop_file, cwd, progress, t0)
+        for line in progress.lines():
+            err.write(line + "\n")
+        err.write(f"{time.strftime('%H:%M:%S')} {result['status']} after "
+                  f"{result['seconds']:.0f} s" + (f": {result['detail']}" if result.get('detail')
+                                                  else "") + "\n")
+        if result.get("summary"):
+            err.write(result["summary"] + "\n")
+    return result
+
+
+def _train(args: list[str], err, stop_file: str, cwd: str | None, progress: _Progress,
+           t0: float) -> dict:
+    """`vidt train ARGS` with stderr to `err`, until it ends or `stop_file` appears."""
+    # SIGINT if this worker dies (Ray shutdown, a lost node): the run checkpoints and
+    # stops instead of going on unseen and holding its directory's lock.
+    # Its own session: a terminal's Ctrl-C goes to the whole foreground process group, and
+    # a trainer that got it there and again from this task would take the second as "stop
+    # now" and skip its checkpoint. Ray 2.x puts its workers in groups of their own; this
+    # keeps it so whatever Ray does. One SIGINT, from here.
+    proc = subprocess.Popen(with_parent([sys.executable, "-m", "vidt.cli.main", "train",
+                                         *args], signal.SIGINT),
+                            stdout=subprocess.PIPE, stderr=err, text=True,
+                            start_new_session=True, cwd=cwd)
+    polls = 0
+    try:
+        while True:
             try:
-                proc.communicate(timeout=300)
+                proc.wait(timeout=0.2)
+                break
             except subprocess.TimeoutExpired:
-                proc.kill()
-            return {"status": "interrupted", "seconds": time.monotonic() - t0}
+                if os.path.exists(stop_file):
+                    raise KeyboardInterrupt from None
+                polls += 1
+                if polls % 25 == 0:  # every 5 s
+                    for line in progress.lines():
+                        err.write(line + "\n")
+        out = proc.stdout.read()  # one JSON line: never fills the pipe
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = ""
+        return {"status": "interrupted", "seconds": time.monotonic() - t0,
+                "summary": (out or "").strip()}
     if proc.returncode == 130:
-        return {"status": "interrupted", "seconds": time.monotonic() - t0}
+        return {"status": "interrupted", "seconds": time.monotonic() - t0,
+                "summary": out.strip()}
     if proc.returncode != 0:
         return {"status": "failed", "seconds": time.monotonic() - t0,
                 "detail": f"vidt train exited with {proc.returncode}"}
@@ -126,7 +188,9 @@ def write_index(sweep: Sweep) -> None:
         kept = {}  # none yet (or unreadable: rewritten whole from this file)
     runs = {**kept, **{str(p.run_dir.relative_to(sweep.root)): {
         "env_id": p.dataset.env_id, "dataset": p.dataset.name, "algo": p.algo,
-        "variant": p.variant, "sets": list(p.sets), "seed": p.seed} for p in sweep.points}}
+        "variant": p.variant, "sets": list(p.sets), "seed": p.seed,
+        **({} if p.dataset.threshold is None else {"threshold": p.dataset.threshold})}
+        for p in sweep.points}}
     atomic_write_text(json.dumps({"sweep_file": str(sweep.file), "runs": runs}, indent=1),
                       index)
 
@@ -180,6 +244,7 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
             ray.init(num_cpus=os.cpu_count(), num_gpus=_local_gpus(), **kwargs)
     running: dict = {}  # ObjectRef -> (point, start)
     queue: list[Point] = []
+    resumed: set[Point] = set()  # had a config.json when submitted
     # `kill PID` (SIGTERM) stops a sweep in the background as Ctrl-C does in a terminal.
     old_term = None
     if threading.current_thread() is threading.main_thread():
@@ -204,6 +269,8 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
             while queue and len(running) < cap:
                 p = queue.pop(0)
                 resume = (p.run_dir / "config.json").exists()
+                if resume:
+                    resumed.add(p)
                 ref = task.remote(sweep.train_args(p, resume),
                                   str(log_path(sweep, p).absolute()), str(stop_file.absolute()),
                                   os.getcwd())
@@ -235,15 +302,25 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
         result.interrupted = True
         echo(f"interrupted: stopping {len(running)} run(s), each writes a checkpoint ...")
         stop_file.touch()
+        said = {}
         for ref, (p, _start) in running.items():
             try:
-                status = ray.get(ref, timeout=300)["status"]
+                said[p] = ray.get(ref, timeout=300)
             except Exception:  # cancelled before it started, or it ended with the cancel
-                status = "interrupted"
-            result.outcomes.append(Outcome(p, status, log=log_path(sweep, p)))
-        _wait_released([p for p, _ in running.values()], echo)
+                said[p] = {"status": "interrupted", "seconds": 0.0}
+        _wait_released(list(said), echo)
+        # What each run's directory says, now that no trainer holds it: a run that reached its
+        # budget before the stop (its trainer signalled while it wrote its last files, or its
+        # task's answer not read yet) has finished, as `vidt report` and a rerun count it; one
+        # whose trainer never wrote its config has not started.
+        for p, r in said.items():
+            status = ("finished" if is_finished(p.run_dir) else
+                      "not started" if p not in resumed and not (p.run_dir / "config.json").exists()
+                      else r["status"])
+            result.outcomes.append(Outcome(p, status, r.get("seconds", 0.0), log_path(sweep, p),
+                                           r.get("detail", "")))
         for p in queue:
-            result.outcomes.append(Outcome(p, "interrupted"))
+            result.outcomes.append(Outcome(p, "not started"))
         stop_file.unlink(missing_ok=True)
     finally:
         if old_term is not None:

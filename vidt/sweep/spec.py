@@ -23,6 +23,7 @@ with per-run resources. Parsed and checked whole before anything starts.
     seeds = [0, 1]
     [grid.variants]                           # label -> --set overrides; default: one, none
     "alpha=0.1" = ["loss.rl_coef=0.1"]
+    "rl-off" = { algos = ["vidt"], set = ["loss.rl_coef=0"] }   # for these algos only
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from vidt.errors import ConfigError, VidtError
 TOP = {"root", "train", "resources", "datasets", "grid"}
 TRAIN = {"preset", "online_steps", "pretrain_updates", "set", "device"}
 RESOURCES = {"cpus", "gpus"}
-DATASET = {"env", "name", "path", "collect"}
+DATASET = {"env", "name", "path", "collect", "threshold"}
 COLLECT = {"policy", "steps", "seed"}
 GRID = {"algos", "seeds", "variants"}
+VARIANT = {"algos", "set"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class Dataset:
     name: str  # names the run directories; unique per env
     path: str | None  # None: the env's built-in data
     collect: dict | None = None  # {policy, steps, seed}: made at `path` when missing
+    # The score whose first crossing `vidt report` gives for this dataset's runs, in the
+    # report's units (normalized score where the env has reference returns); None: its rule.
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,12 @@ def parse(path: Path) -> Sweep:
                 raise ConfigError(f"{at} collect: 'steps' (a positive integer) is required")
             collect = {"policy": "random", "seed": 0, **collect}
             ds_path = str(root / "data" / f"{d['env']}-{slug(name)}")
-        datasets.append(Dataset(d["env"], name, ds_path, collect))
+        threshold = d.get("threshold")
+        if threshold is not None and (not isinstance(threshold, int | float)
+                                      or isinstance(threshold, bool)):
+            raise ConfigError(f"{at}: 'threshold' must be a number, got {threshold!r}")
+        datasets.append(Dataset(d["env"], name, ds_path, collect,
+                                None if threshold is None else float(threshold)))
     seen = [(d.env_id, slug(d.name)) for d in datasets]  # as directory names
     dup = next((d for d, s in zip(datasets, seen) if seen.count(s) > 1), None)
     if dup:
@@ -186,9 +196,20 @@ def parse(path: Path) -> Sweep:
     variants = grid.get("variants", {"": []})
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{where} [grid.variants] must map labels to lists of overrides")
-    for label, over in variants.items():
+    only = {}  # label -> the algos it applies to (all when absent)
+    for label, over in list(variants.items()):
+        at = f"{where} [grid.variants] {label!r}"
+        if isinstance(over, dict):
+            _keys(over, VARIANT, at)
+            if "algos" in over:
+                only[label] = _list(over["algos"], f"{at} algos", str)
+                stray = sorted(set(only[label]) - set(algos))
+                if stray:
+                    raise ConfigError(f"{at}: algos {stray} are not in [grid] algos")
+            over = over.get("set", [])
+            variants[label] = over
         if over:
-            _list(over, f"{where} [grid.variants] {label!r}", str)
+            _list(over, at, str)
     slugs = [slug(v) for v in variants if v]
     if len(set(slugs)) != len(slugs):
         raise ConfigError(f"{where} [grid.variants]: two labels make the same directory name")
@@ -197,6 +218,8 @@ def parse(path: Path) -> Sweep:
     for d in datasets:
         for algo in algos:
             for label, over in variants.items():
+                if label in only and algo not in only[label]:
+                    continue
                 method = f"{algo}-{slug(label)}" if label else algo
                 for seed in seeds:
                     run_dir = root / f"{d.env_id.replace('/', '-')}-{slug(d.name)}" / method \
