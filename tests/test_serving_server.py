@@ -286,6 +286,31 @@ def test_resume_over_grpc_goes_on_exactly_or_is_refused_with_nothing_created(pol
         assert (b.store.resumed_total, b.store.created_total, b.store.active) == (1, 1, 1)
 
 
+def test_failover_at_every_step_goes_on_exactly_and_closes_with_the_same_summary(server):
+    """A client whose server lost its session (as a restarted or replaced server has: NOT_FOUND,
+    unknown session) resumes it and goes on. Lost before each step from 1 to past the context
+    (K 4, 3 steps acted on), the episode's actions, and the summary CloseSession gives, equal
+    those of an episode nothing disturbed."""
+    n = 8
+    obs, rew = episode(n=n)
+    with PolicyClient(server.address, timeout_s=5) as c:
+        s = c.session()
+        want = [s.act(obs[t], rew[t]) for t in range(n)]
+        want_summary = s.close()
+        for lost_at in range(1, n):
+            s = c.session()
+            got = []
+            for t in range(n):
+                if t == lost_at:
+                    s.id = f"lost-{s.id}"  # the server no longer knows this session
+                got.append(s.act(obs[t], rew[t]))
+            for t, (g, w) in enumerate(zip(got, want)):  # same model, same machine: same bits
+                np.testing.assert_array_equal(g, w, err_msg=f"lost before step {lost_at}, "
+                                                            f"step {t}")
+            assert s.close() == want_summary, f"lost before step {lost_at}"
+        assert c.failovers == n - 1
+
+
 def test_failed_precondition_names_expected_step(client):
     obs, _ = episode(n=3)
     with client.session() as s:
