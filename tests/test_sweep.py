@@ -415,3 +415,27 @@ def test_the_index_keeps_the_points_of_variants_since_removed_while_their_runs_e
                     "vidt-OneState-v0-builtin/vidt-a=0/s0": {
                         "env_id": "vidt/OneState-v0", "dataset": "builtin", "algo": "vidt",
                         "variant": "a=0", "sets": ["loss.rl_coef=0.0"], "seed": 0}}
+
+
+def test_a_variant_of_some_algos_only_and_a_threshold_per_dataset(tmp_path):
+    from vidt.sweep.run import write_index
+    from vidt.sweep.spec import parse
+
+    f = tmp_path / "s.toml"
+    text = (f'root = "{tmp_path / "root"}"\n[[datasets]]\nenv = "vidt/OneState-v0"\n'
+            'threshold = 0.5\n[grid]\nalgos = ["vidt", "odt"]\nseeds = [0]\n[grid.variants]\n'
+            '"" = []\n"rl-off" = {{ algos = [{algos}], set = ["loss.rl_coef=0.0"] }}\n')
+    f.write_text(text.format(algos='"vidt"'))
+    spec = parse(f)
+    assert [str(p.run_dir.relative_to(tmp_path / "root")) for p in spec.points] == [
+        "vidt-OneState-v0-builtin/vidt/s0", "vidt-OneState-v0-builtin/vidt-rl-off/s0",
+        "vidt-OneState-v0-builtin/odt/s0"]
+    assert spec.points[1].sets == ("loss.rl_coef=0.0",)
+    write_index(spec)
+    index = json.loads((tmp_path / "root" / "sweep.json").read_text())["runs"]
+    assert {p["threshold"] for p in index.values()} == {0.5}
+    f.write_text(text.format(algos='"td3"'))
+    from vidt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"algos \['td3'\] are not in \[grid\] algos"):
+        parse(f)
