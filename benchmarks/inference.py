@@ -25,8 +25,7 @@ import torch
 
 from vidt.export import export_actor, random_windows
 from vidt.model import Actor, DecisionTransformer, ModelConfig, ModelSpec
-from vidt.serving import OnnxPolicy
-from vidt.serving.runtime import _gpu_visible
+from vidt.policy_file import OnnxPolicy, _gpu_visible
 
 OBS, ACT = 11, 3  # Hopper-v5
 
