@@ -16,15 +16,17 @@ from .options import InputPath
               help="Where report.md, the CSVs, the PNGs and summary.json go  "
                    "[default: RUNS_ROOT/report]")
 @click.option("--threshold", type=float, default=None,
-              help="Score whose first crossing is reported  [default: per task, half the best "
-                   "method's mean final score]")
+              help="Score whose first crossing from below is reported  [default: per task, "
+                   "the sweep file's, else half the best method's mean final score when that "
+                   "is positive, else none]")
 @click.option("--reps", type=click.IntRange(min=100), default=2000, show_default=True,
               help="Bootstrap resamples for the IQM's 95% interval.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def report(runs_root, out_dir, threshold, reps, as_json):
     """Summarize every run under RUNS_ROOT (directories holding config.json and metrics.csv,
     e.g. a `vidt sweep` root): per (env, dataset, method) the final and last-3 score, mean ±
-    std over seeds, and the first crossing of a threshold; across tasks the interquartile
+    std over seeds, and how many seeds that start below a threshold reach it, and when; per
+    run the same; across tasks the interquartile
     mean with a stratified bootstrap 95% interval and the probability of improvement between
     methods (as rliable defines them); curves with bands, one PNG per task.
 
@@ -36,13 +38,11 @@ def report(runs_root, out_dir, threshold, reps, as_json):
       vidt report runs/sweeps/random-mujoco
       vidt report runs/sweeps/random-mujoco --json | jq .aggregate
     """
-    from vidt.report.report import markdown, summarize, write
-    from vidt.report.runs import find_runs
+    from vidt.report.report import markdown
+    from vidt.report.report import report as make_report
 
-    runs, pending, waiting = find_runs(Path(runs_root))
-    summary = summarize(runs, threshold=threshold, reps=reps, pending=pending, waiting=waiting)
     out = Path(out_dir) if out_dir else Path(runs_root) / "report"
-    files = write(summary, runs, out)
+    summary, files = make_report(Path(runs_root), out, threshold=threshold, reps=reps)
     if as_json:
         click.echo(json.dumps({**summary, "files": files}))
         return

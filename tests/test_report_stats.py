@@ -97,3 +97,63 @@ def test_curves_are_averaged_at_common_steps_not_by_evaluation_index(tmp_path):
     np.testing.assert_allclose(x, [0, 20 / 3, 40 / 3, 20])
     np.testing.assert_allclose(mu, x)
     np.testing.assert_allclose(sd, 0, atol=1e-12)
+
+
+def _run(tmp_path, algo, seed, scores, task="E", threshold=None):
+    from vidt.report.runs import Run
+
+    steps = np.arange(len(scores)) * 1000
+    return Run(tmp_path / f"{task}-{algo}-{seed}", task, "d", algo, "", seed, steps,
+               np.asarray(scores, float), False, int(steps[-1]), True, threshold=threshold)
+
+
+def test_a_crossing_counts_only_for_runs_that_start_below_the_threshold(tmp_path):
+    from vidt.report.report import markdown, summarize
+
+    # Best mean final 16 (b) -> threshold 8. Seed 0 of a starts at 9, above it: no crossing,
+    # though every evaluation after its dip is "a first evaluation at or above 8"; seed 1
+    # starts at 1 and reaches 8 at 3000; seed 2 starts at 1 and never does; b starts above.
+    runs = [_run(tmp_path, "a", 0, [9, 2, 10, 10]), _run(tmp_path, "a", 1, [1, 3, 5, 10]),
+            _run(tmp_path, "a", 2, [1, 2, 3, 4]), _run(tmp_path, "b", 0, [8, 9, 16, 16])]
+    s = summarize(runs, reps=50)
+    a = next(r for r in s["per_task"] if r["method"] == "a")
+    assert s["thresholds"][0]["threshold"] == 8.0
+    assert (a["below_at_start"], a["crossed"], a["first_crossing_mean"]) == (2, 1, 3000.0)
+    b = next(r for r in s["per_task"] if r["method"] == "b")
+    assert (b["below_at_start"], b["crossed"]) == (0, 0)
+    md = markdown(s)
+    assert "| 3000 (1 of 2 starting below 8.0 reach it) |" in md
+    assert "| none start below 8.0 |" in md
+    per_run = {(r["method"], r["seed"]): r["first_crossing"] for r in s["per_run"]}
+    assert per_run == {("a", 0): None, ("a", 1): 3000, ("a", 2): None, ("b", 0): None}
+
+
+def test_a_task_whose_runs_all_start_above_it_says_so(tmp_path):
+    from vidt.report.report import markdown, summarize
+
+    runs = [_run(tmp_path, "a", 0, [6, 2, 10]), _run(tmp_path, "a", 1, [7, 8, 10])]
+    md = markdown(summarize(runs, reps=50))
+    assert "| none start below 5.0 |" in md
+    assert "- E d: 5.0 (half the best mean final score; every run starts at or above it, so " \
+           "no crossing to report)" in md
+    assert "| E | d | a | 0 | 6.0 | 10.0 | 6.0 | 10.0 | starts above |  |" in md
+
+
+def test_negative_scores_have_no_default_threshold(tmp_path):
+    from vidt.report.report import markdown, summarize
+
+    # Half of -3.9 is -1.95, above every run's start: "reached" the moment pretraining ended.
+    runs = [_run(tmp_path, "a", 0, [-9, -5, -3.9]), _run(tmp_path, "a", 1, [-9, -6, -3.9])]
+    s = summarize(runs, reps=50)
+    assert s["thresholds"][0]["threshold"] is None
+    (a,) = s["per_task"]
+    assert "crossed" not in a and a["threshold"] is None
+    md = markdown(s)
+    assert "| E | d | a | 2 | -3.9 ± 0.0 | -6.1 ± 0.2 |  |  |" in md
+    assert "- E d: none (the best mean final score is not positive, so half of it is no bar)" \
+           in md
+    # A threshold given on the command line, or by the sweep file, is used as it is.
+    assert summarize(runs, threshold=-6.0, reps=50)["per_task"][0]["crossed"] == 2
+    declared = [_run(tmp_path, "a", s, [-9, -5, -3.9], threshold=-4.5) for s in (0, 1)]
+    t = summarize(declared, reps=50)["thresholds"][0]
+    assert (t["threshold"], t["source"]) == (-4.5, "the sweep file's")

@@ -23,22 +23,64 @@ def _mean_std(xs) -> tuple[float, float]:
     return float(np.mean(xs)), float(np.std(xs))
 
 
+def task_threshold(runs: list[Run], given: float | None) -> tuple[float | None, str]:
+    """The score whose first crossing a task's rows report, and where it comes from: `given`
+    (the command line), else the one its sweep file declares, else half the best method's
+    mean final score, which means something only for positive scores (half of -3.9 is
+    above it). None with the reason where there is no meaningful one."""
+    if given is not None:
+        return given, "given"
+    declared = {r.threshold for r in runs if r.threshold is not None}
+    if len(declared) == 1:
+        return declared.pop(), "the sweep file's"
+    finals: dict[str, list[float]] = {}
+    for r in runs:
+        if r.finished:
+            finals.setdefault(r.method, []).append(r.final)
+    if not finals:
+        return None, "no finished run"
+    best = max(float(np.mean(v)) for v in finals.values())
+    if best <= 0:
+        return None, "the best mean final score is not positive, so half of it is no bar"
+    return 0.5 * best, "half the best mean final score"
+
+
+def crossing(run: Run, threshold: float) -> tuple[bool, float | None]:
+    """(whether the run starts below `threshold`, the online step at which it first reaches
+    it from there, or None). A run that starts at or above it has no crossing."""
+    if run.start >= threshold:
+        return False, None
+    step = first_crossing(run.steps, run.scores, threshold)
+    return True, None if step is None else int(step)
+
+
+def digits(runs: list[Run]) -> int:
+    """Decimals for a task's scores: 3 where they lie within [-1, 1] (the one-state task's
+    returns), 1 otherwise (returns and normalized scores)."""
+    return 3 if all(np.all(np.abs(r.scores) <= 1.0) for r in runs) else 1
+
+
 def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
               pending: list[Path] = (), waiting: list[Path] = ()) -> dict:
     """Everything the report says, as plain data. threshold: the score whose first crossing
-    is reported (default: per task, half the best method's mean final score). pending: runs
-    started but not evaluated yet; waiting: a sweep's runs not started. Unfinished runs are
-    listed apart, as running where a trainer holds their directory, as stopped otherwise."""
+    is reported (default: per task, `task_threshold`); a crossing counts only for a run that
+    starts below it. pending: runs started but not evaluated yet; waiting: a sweep's runs not
+    started. Unfinished runs are listed apart, as running where a trainer holds their
+    directory, as stopped otherwise."""
     tasks = sorted({r.task for r in runs})
     methods = sorted({r.method for r in runs})
     done = [r for r in runs if r.finished]
-    per_task = []
+    per_task, per_run, thresholds = [], [], []
     for task in tasks:
         here = [r for r in done if r.task == task]
-        finals = {m: [r.final for r in here if r.method == m] for m in methods}
-        best = max((np.mean(v) for v in finals.values() if v), default=None)
-        thr = threshold if threshold is not None else (
-            None if best is None else 0.5 * float(best))
+        thr, source = task_threshold([r for r in runs if r.task == task], threshold)
+        below = {id(r): crossing(r, thr) for r in here} if thr is not None else {}
+        starts_below = sum(b for b, _ in below.values())
+        if thr is not None and here and not starts_below:
+            source += "; every run starts at or above it, so no crossing to report"
+        thresholds.append({"env_id": task[0], "dataset": task[1], "threshold": thr,
+                           "source": source, "runs_starting_below": starts_below,
+                           "digits": digits([r for r in runs if r.task == task])})
         for m in methods:
             mine = [r for r in here if r.method == m]
             going = [r for r in runs if r.task == task and r.method == m and not r.finished]
@@ -50,12 +92,20 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
             if mine:
                 row["final_mean"], row["final_std"] = _mean_std([r.final for r in mine])
                 row["last3_mean"], row["last3_std"] = _mean_std([r.last3 for r in mine])
-                cross = [first_crossing(r.steps, r.scores, thr) for r in mine] \
-                    if thr is not None else []
-                hits = [c for c in cross if c is not None]
-                row["crossed"] = len(hits)
-                row["first_crossing_mean"] = float(np.mean(hits)) if hits else None
+                if thr is not None:
+                    from_below = [below[id(r)] for r in mine if below[id(r)][0]]
+                    hits = [c for _, c in from_below if c is not None]
+                    row["below_at_start"] = len(from_below)
+                    row["crossed"] = len(hits)
+                    row["first_crossing_mean"] = float(np.mean(hits)) if hits else None
             per_task.append(row)
+            for r in sorted(mine, key=lambda r: r.seed):
+                b, c = below.get(id(r), (None, None))
+                per_run.append({"env_id": task[0], "dataset": task[1], "method": m,
+                                "seed": r.seed, "start": r.start, "final": r.final,
+                                "last3": r.last3, "final_return": r.final_return,
+                                "starts_below": b, "first_crossing": c,
+                                "wall_time_s": r.wall_time})
 
     # Across tasks: methods with finished runs on every task, the same number of runs per
     # task (the fewest any task has, first seeds first) so the matrix is (runs, tasks).
@@ -83,7 +133,7 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
     unfinished = [r.path for r in runs if not r.finished] + list(pending)
     held = {p: training_pid(p) for p in unfinished}  # read once: a run may end meanwhile
     return {"tasks": [list(t) for t in tasks], "methods": methods, "per_task": per_task,
-            "aggregate": aggregate, "improvement": improvement,
+            "per_run": per_run, "thresholds": thresholds, "aggregate": aggregate, "improvement": improvement,
             "running": [str(p) for p in unfinished if held[p]],
             "stopped": [str(p) for p in unfinished if not held[p]],
             "aggregate_notes": notes,
@@ -91,36 +141,66 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
             "runs": len(runs) + len(pending) + len(waiting), "finished": len(done)}
 
 
-def _fmt(x, digits=1) -> str:
-    return "" if x is None else f"{x:.{digits}f}"
+def _fmt(x, nd=1) -> str:
+    return "" if x is None else f"{x:.{nd}f}"
+
+
+def _crossing_cell(r: dict, nd: int) -> str:
+    """How many of a row's seeds start below the threshold and how many of those reach it,
+    and the mean online step at which they do; blank without a threshold."""
+    if r["threshold"] is None:
+        return ""
+    thr = _fmt(r["threshold"], nd)
+    if not r["below_at_start"]:
+        return f"none start below {thr}"
+    steps = _fmt(r["first_crossing_mean"], 0) or "never"
+    return f"{steps} ({r['crossed']} of {r['below_at_start']} starting below {thr} reach it)"
 
 
 def markdown(summary: dict) -> str:
+    nd = {(t["env_id"], t["dataset"]): t["digits"] for t in summary["thresholds"]}
     out = [f"# vidt report\n\n{summary['finished']} finished runs of {summary['runs']}; "
            "scores are D4RL-normalized where the env has reference returns, returns "
-           "otherwise.\n",
+           "otherwise. A crossing counts only for a run that starts below the threshold "
+           "(its first evaluation, after pretraining).\n",
            "## Per task\n",
-           "| env | dataset | method | seeds | final | last 3 | first crossing (steps) | "
+           "| env | dataset | method | seeds | final | last 3 | first crossing (online steps) | "
            "unfinished |", "|---|---|---|---|---|---|---|---|"]
     for r in summary["per_task"]:
+        d = nd[(r["env_id"], r["dataset"])]
         if r["seeds"]:
-            final = f"{r['final_mean']:.1f} ± {r['final_std']:.1f}"
-            last3 = f"{r['last3_mean']:.1f} ± {r['last3_std']:.1f}"
-            thr = "" if r["threshold"] is None else (
-                f"{_fmt(r['first_crossing_mean'], 0) or 'never'} ({r['crossed']}/{r['seeds']} "
-                f"reach {r['threshold']:.1f})")
+            final = f"{r['final_mean']:.{d}f} ± {r['final_std']:.{d}f}"
+            last3 = f"{r['last3_mean']:.{d}f} ± {r['last3_std']:.{d}f}"
+            thr = _crossing_cell(r, d)
         else:
             final = last3 = thr = "(no finished run)"
         out.append(f"| {r['env_id']} | {r['dataset']} | {r['method']} | {r['seeds']} | "
                    f"{final} | {last3} | {thr} | {r['unfinished'] or ''} |")
+    out += ["\nThresholds:\n"]
+    for t in summary["thresholds"]:
+        value = "none" if t["threshold"] is None else _fmt(t["threshold"], t["digits"])
+        out.append(f"- {t['env_id']} {t['dataset']}: {value} ({t['source']})")
+    if summary["per_run"]:
+        out += ["\n## Per run\n",
+                "| env | dataset | method | seed | after pretraining | final | last 3 | "
+                "final return | first crossing (online steps) | wall time (s) |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in summary["per_run"]:
+            d = nd[(r["env_id"], r["dataset"])]
+            cross = ("" if r["starts_below"] is None else "starts above" if not r["starts_below"]
+                     else _fmt(r["first_crossing"], 0) or "never")
+            out.append(f"| {r['env_id']} | {r['dataset']} | {r['method']} | {r['seed']} | "
+                       f"{r['start']:.{d}f} | {r['final']:.{d}f} | {r['last3']:.{d}f} | "
+                       f"{r['final_return']:.{d}f} | {cross} | {_fmt(r['wall_time_s'], 0)} |")
     if summary["aggregate"]:
         n = summary["aggregate"][0]["tasks"]
         out += [f"\n## Across {n} task(s): IQM of the final score\n",
                 "| method | IQM | 95% CI (stratified bootstrap) | runs per task |",
                 "|---|---|---|---|"]
+        d = max(nd.values())
         for a in summary["aggregate"]:
-            out.append(f"| {a['method']} | {a['iqm']:.1f} | [{a['ci_low']:.1f}, "
-                       f"{a['ci_high']:.1f}] | {a['runs_per_task']} |")
+            out.append(f"| {a['method']} | {a['iqm']:.{d}f} | [{a['ci_low']:.{d}f}, "
+                       f"{a['ci_high']:.{d}f}] | {a['runs_per_task']} |")
     if summary["aggregate_notes"]:
         out += ["\nLeft out of the aggregate:\n"] + [f"- {n}" for n in summary["aggregate_notes"]]
     if summary["improvement"]:
@@ -189,18 +269,21 @@ def plot_task(runs: list[Run], task: tuple[str, str], path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    # No "Software" stamp (matplotlib's version): the same runs make the same bytes.
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
     atomic_write_bytes(buf.getvalue(), path)
 
 
-def write(summary: dict, runs: list[Run], out: Path) -> dict[str, str]:
-    """report.md, per_task.csv, aggregate.csv, improvement.csv, summary.json and one PNG per
-    task into `out`, each written whole (temp file, then rename); returns name -> path."""
+def write(summary: dict, runs: list[Run], out: Path, plots: bool = True) -> dict[str, str]:
+    """report.md, per_task.csv, per_run.csv, aggregate.csv, improvement.csv, summary.json
+    and (with `plots`) one PNG per task into `out`, each written whole (temp file, then
+    rename); returns name -> path. The same runs make the same files, byte for byte."""
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, text in (("report.md", markdown(summary)),
                        ("per_task.csv", _csv(summary["per_task"])),
+                       ("per_run.csv", _csv(summary["per_run"])),
                        ("aggregate.csv", _csv(summary["aggregate"])),
                        ("improvement.csv", _csv(summary["improvement"]))):
         if text:
@@ -208,9 +291,22 @@ def write(summary: dict, runs: list[Run], out: Path) -> dict[str, str]:
             files[name] = str(out / name)
     for task in summary["tasks"]:
         name = f"{task[0]}-{task[1]}.png".replace("/", "-")
-        plot_task(runs, tuple(task), out / name)
+        if plots:
+            plot_task(runs, tuple(task), out / name)
         files[name] = str(out / name)
-    summary = {**summary, "files": files}
-    atomic_write_text(json.dumps(summary, indent=1), out / "summary.json")
+    # File names, not paths: where the report was written is no part of what it says.
+    atomic_write_text(json.dumps({**summary, "files": sorted([*files, "summary.json"])},
+                                 indent=1) + "\n", out / "summary.json")
     files["summary.json"] = str(out / "summary.json")
     return files
+
+
+def report(runs_root: Path, out: Path, threshold: float | None = None, reps: int = 2000,
+           plots: bool = True) -> tuple[dict, dict[str, str]]:
+    """`vidt report RUNS_ROOT --out OUT`: the summary of every run under `runs_root`, and
+    the files written."""
+    from .runs import find_runs
+
+    runs, pending, waiting = find_runs(Path(runs_root))
+    summary = summarize(runs, threshold=threshold, reps=reps, pending=pending, waiting=waiting)
+    return summary, write(summary, runs, Path(out), plots=plots)

@@ -28,6 +28,9 @@ class Run:
     normalized: bool  # whether `scores` are normalized scores
     budget: int  # online steps the run was given
     finished: bool
+    returns: np.ndarray | None = None  # eval return of each evaluation (None: as scores)
+    wall_time: float | None = None  # seconds, at its last metrics row
+    threshold: float | None = None  # its sweep's crossing threshold, in the units of scores
 
     @property
     def task(self) -> tuple[str, str]:
@@ -44,6 +47,15 @@ class Run:
     @property
     def last3(self) -> float:
         return float(np.mean(self.scores[-3:]))
+
+    @property
+    def start(self) -> float:
+        """The score of the first evaluation: after pretraining, before any online step."""
+        return float(self.scores[0])
+
+    @property
+    def final_return(self) -> float:
+        return float((self.scores if self.returns is None else self.returns)[-1])
 
 
 def _float(x: str) -> float | None:
@@ -68,7 +80,10 @@ def read_run(path: Path, point: dict | None = None) -> Run | None:
         return None
     norm = [_float(r.get("eval_normalized_score")) for r in evals]
     normalized = all(v is not None for v in norm)
-    scores = norm if normalized else [_float(r["eval_return_mean"]) for r in evals]
+    returns = [_float(r["eval_return_mean"]) for r in evals]
+    scores = norm if normalized else returns
+    wall = _float(rows[-1].get("wall_time_s"))
+    threshold = point.get("threshold")
     try:
         steps = [int(float(r["online_env_steps"])) for r in evals]
         reached = max(int(float(r["online_env_steps"])) for r in rows)
@@ -83,7 +98,9 @@ def read_run(path: Path, point: dict | None = None) -> Run | None:
     return Run(path=path, env_id=env_id, dataset=dataset, algo=algo,
                variant=point.get("variant", ""), seed=seed, steps=np.asarray(steps),
                scores=np.asarray(scores, dtype=np.float64), normalized=normalized,
-               budget=budget, finished=reached >= budget)
+               budget=budget, finished=reached >= budget,
+               returns=np.asarray(returns, dtype=np.float64), wall_time=wall,
+               threshold=None if threshold is None else float(threshold))
 
 
 def find_runs(root: Path) -> tuple[list[Run], list[Path], list[Path]]:
