@@ -116,6 +116,20 @@ def test_metadata_codec_round_trips_every_field():
     assert meta.action_low == (-1.0, -0.5)  # bounds are tuples of floats, however given
 
 
+def test_readme_describes_the_file_as_it_is():
+    # README's table of the graph's tensors and its list of metadata keys, against the format.
+    from pathlib import Path
+
+    from vidt.policy_file import INPUTS, OUTPUT, TIMESTEPS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [f"input {t.name}" for t in (*INPUTS, TIMESTEPS) if f"| input `{t.name}`" not in readme]
+    missing += [f"output {OUTPUT.name}"] if f"| output `{OUTPUT.name}`" not in readme else []
+    missing += [f"vidt.{f.name}" for f in dataclasses.fields(PolicyMetadata)
+                if f"`vidt.{f.name}`" not in readme]
+    assert not missing, f"README.md does not describe {missing}"
+
+
 def test_actor_files_of_older_versions_export(tmp_path):
     # Actor files written before the run's metadata had default_target_return,
     # reward_offset, reward_divisor and actor_selection still export, with their defaults.
