@@ -7,6 +7,8 @@ import json
 import click
 from tqdm import tqdm
 
+from .options import DiskPath, FiniteFloat
+
 
 @click.command()
 @click.option("--env", "env_id", required=True, help="Gymnasium env id, e.g. Pendulum-v1, Hopper-v5.")
@@ -15,9 +17,9 @@ from tqdm import tqdm
 @click.option("--steps", type=click.IntRange(min=1), required=True, help="Env steps to record.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seeds the first reset and the random policy: same seed, same data.")
-@click.option("--target-return", type=float, default=None,
+@click.option("--target-return", type=FiniteFloat(), default=None,
               help="Return an ONNX policy is conditioned on (default: the one in its file).")
-@click.option("--out", type=click.Path(), required=True,
+@click.option("--out", type=DiskPath(), required=True,
               help="New directory for the Minari dataset (must not exist).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def collect(env_id, policy, steps, seed, target_return, out, as_json):

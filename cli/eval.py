@@ -7,30 +7,30 @@ import sys
 
 import click
 
-from .options import InputPath
+from .options import DiskPath, FiniteFloat, InputPath, ServerAddress
 from .serve import _read_token
 
 
 @click.command("eval")
-@click.option("--server", required=True, metavar="HOST:PORT", help="Address of `vidt serve`.")
+@click.option("--server", type=ServerAddress(), required=True, help="Address of `vidt serve`.")
 @click.option("--env", "env_id", default=None,
               help="Gymnasium env id, e.g. Hopper-v5  [default: the served policy's env]")
 @click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True,
               help="Episodes to run.")
-@click.option("--target-return", type=float, default=None,
+@click.option("--target-return", type=FiniteFloat(), default=None,
               help="Return to condition on  [default: the policy's]")
 @click.option("--num-envs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Sub-envs of a vector env, stepped with ActBatch when > 1.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Episode e (sub-env i) is reset with seed + e (seed + i).")
-@click.option("--auth-token-file", "--token-file", "token_file", type=click.Path(dir_okay=False),
+@click.option("--auth-token-file", "--token-file", "token_file", type=DiskPath(dir_okay=False),
               default=None, help="File holding the server's bearer token (as `vidt serve "
                                  "--auth-token-file`).")
 @click.option("--tls-ca", type=InputPath(dir_okay=False), default=None,
               help="PEM certificate (or CA) to trust: connect with TLS.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Deadline of each call, seconds.")
-@click.option("--record", "record_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--record", "record_dir", type=DiskPath(file_okay=False), default=None,
               help="Also write the first --record-episodes episodes to this folder as GIFs, "
                    "rendered offscreen (needs --num-envs 1).")
 @click.option("--record-episodes", type=click.IntRange(min=1), default=1, show_default=True,

@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from .options import InputPath
+from .options import DiskPath, InputPath
 
 
 @click.command()
 @click.argument("run_dir", type=InputPath(file_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
+@click.option("--out", type=DiskPath(dir_okay=False), default=None,
               help="ONNX file to write  [default: RUN_DIR/policy.onnx]")
 @click.option("--actor", "which", type=click.Choice(["last", "best"]), default="last",
               show_default=True,

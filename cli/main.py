@@ -64,8 +64,18 @@ def cli():
       vidt serve --model p.onnx --port 50051
       vidt eval --server 127.0.0.1:50051 --env Pendulum-v1 --episodes 10
 
-    Exit status: 0 success, 1 a problem with your input (the message says what),
-    2 a usage error, 130 interrupted. VIDT_DEBUG=1 shows tracebacks.
+    \b
+    Exit status (the message says what is wrong):
+      0    success
+      1    the command line is right but names something that is wrong: a file
+           missing or broken, a dataset or env that does not fit, a server that
+           refuses or cannot be reached, a busy port or run directory, a full disk
+      2    a mistake in the command line itself: an unknown option or config key,
+           a value its option or --set key cannot hold, a missing option, options
+           that do not go together (`vidt CMD --help` says what each takes)
+      130  interrupted
+
+    VIDT_DEBUG=1 shows tracebacks.
     """
 
 

@@ -12,7 +12,7 @@ import click
 from vidt.errors import ConfigError
 from vidt.serving.server import ServerConfig
 
-from .options import InputPath
+from .options import DiskPath, InputPath
 
 DEFAULTS = {f.name: f.default for f in fields(ServerConfig)}  # the one place they are written
 
@@ -30,7 +30,7 @@ def _read_token(path: str | None) -> str | None:
 
 
 @click.command("serve")
-@click.option("--model", type=click.Path(dir_okay=False), required=True,
+@click.option("--model", type=DiskPath(dir_okay=False), required=True,
               help="Exported policy (vidt export).")
 @click.option("--host", default=DEFAULTS["host"], show_default=True,
               help="Address to listen on. Beyond loopback needs TLS or a token (or --insecure).")
@@ -69,7 +69,7 @@ def _read_token(path: str | None) -> str | None:
               help="PEM certificate chain (with --tls-key).")
 @click.option("--tls-key", type=InputPath(dir_okay=False), default=None,
               help="PEM private key.")
-@click.option("--auth-token-file", type=click.Path(dir_okay=False), default=None,
+@click.option("--auth-token-file", type=DiskPath(dir_okay=False), default=None,
               help="File holding the bearer token every call must carry.")
 @click.option("--insecure", is_flag=True,
               help="Allow a non-loopback --host without TLS or token.")
@@ -97,12 +97,15 @@ def serve(model, host, port, max_sessions, idle_timeout, max_batch, batch_window
 
     logging.basicConfig(level=getattr(logging, log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ServerConfig(
-        host=host, port=port, max_sessions=max_sessions, idle_timeout_s=idle_timeout,
-        max_batch=max_batch, batch_window_us=batch_window_us, threads=threads,
-        metrics_port=metrics_port, tls_cert=tls_cert, tls_key=tls_key,
-        auth_token=_read_token(auth_token_file), insecure=insecure, grace_s=grace,
-        transport=transport)
+    token = _read_token(auth_token_file)  # an unreadable file is the file's problem: exit 1
+    try:
+        config = ServerConfig(
+            host=host, port=port, max_sessions=max_sessions, idle_timeout_s=idle_timeout,
+            max_batch=max_batch, batch_window_us=batch_window_us, threads=threads,
+            metrics_port=metrics_port, tls_cert=tls_cert, tls_key=tls_key, auth_token=token,
+            insecure=insecure, grace_s=grace, transport=transport)
+    except ConfigError as e:  # made of the options alone: options that do not go together
+        raise click.UsageError(str(e)) from None
     code = run(model, config, provider=provider, ort_threads=ort_threads)
     if code:
         sys.exit(code)

@@ -13,6 +13,8 @@ import click
 from vidt.train.algos import ALGORITHMS
 from vidt.train.config import DEVICES, PRESETS, TrainConfig
 
+from .options import DiskPath
+
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
@@ -30,6 +32,21 @@ class AlgorithmChoice(click.Choice):
     @choices.setter
     def choices(self, value):
         pass
+
+
+def _parse_sets(ctx, param, items) -> dict[str, str]:
+    """--set KEY=VALUE entries, each checked on its own as click checks a typed option: the
+    form, a key the config has, a value that key can hold. A mistake is a usage error."""
+    from vidt.errors import ConfigError
+    from vidt.train.config import parse_set, typed_value
+
+    try:
+        sets = parse_set(items)
+        for key, value in sets.items():
+            typed_value(key, value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+    return sets
 
 
 def _algo_help() -> str:
@@ -52,11 +69,11 @@ def _algo_help() -> str:
               help=f"Random seed  [default: {DEFAULTS['seed']}]")
 @click.option("--device", type=click.Choice(DEVICES), default=None,
               help=f"auto: CUDA when available  [default: {DEFAULTS['device']}]")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--config", "config_file", type=DiskPath(dir_okay=False), default=None,
               help="TOML file of config values ([model], [online], ... tables).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", callback=_parse_sets,
               help="Override any config field, e.g. --set model.d_model=64 (repeatable).")
-@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", "out", type=DiskPath(file_okay=False), default=None,
               help="Run directory (required, except with --dry-run).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
 @click.option("--force", is_flag=True, help="Start over in a non-empty --out (replaces our files only).")
@@ -81,45 +98,28 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
     learning_curve.png, checkpoint.pt (resumable) and actor.pt (for `vidt export`).
     Ctrl-C writes a checkpoint; `--resume` continues from it.
     """
-    from vidt.train.config import (
-        TrainConfig,
-        flatten_dict,
-        parse_set,
-        read_run_config,
-        read_toml,
-        resolve,
-        typed_value,
-    )
+    from vidt.train.config import TrainConfig, flatten_dict, read_run_config, read_toml, typed_value
 
     if out is None and not dry_run:
         raise click.UsageError("Missing option '--out' (the run directory).")
     run_dir = Path(out or ".")
-    overrides: dict = {}
-    if config_file:
-        overrides.update(read_toml(config_file))
     flags = {"env_id": env_id, "dataset": dataset, "algo": algo, "preset": preset,
              "online.online_steps": online_steps, "online.pretrain_updates": pretrain_updates,
              "seed": seed, "device": device}
     flags = {k: v for k, v in flags.items() if v is not None}
-    set_over = parse_set(sets)
-    for key in flags.keys() & set_over.keys():
-        if typed_value(key, set_over[key]) != typed_value(key, flags[key]):
+    for key in flags.keys() & sets.keys():
+        if typed_value(key, sets[key]) != typed_value(key, flags[key]):
             option = "--" + key.rsplit(".", 1)[-1].replace("_", "-").replace("env-id", "env")
-            raise click.UsageError(f"{option} {flags[key]} and --set {key}={set_over[key]} "
+            raise click.UsageError(f"{option} {flags[key]} and --set {key}={sets[key]} "
                                    f"disagree: give the value once")
-    overrides.update(flags)
-    overrides.update(set_over)
-    if resume:
-        # The run's own config, with only what was given again on top of it (read_run_config
-        # says "nothing to resume" when there is no config.json).
-        base = read_run_config(run_dir)
-        cfg = resolve(base["env_id"], base["algo"], base["preset"],
-                      overrides={**flatten_dict(base), **overrides})
-    else:
-        if "env_id" not in overrides:
-            raise click.UsageError("--env is required (or env_id in --config)")
-        cfg = resolve(overrides["env_id"], overrides.get("algo", DEFAULTS["algo"]),
-                      overrides.get("preset", DEFAULTS["preset"]), overrides=overrides)
+    # Under the command line's values: the run's own config when resuming (read_run_config
+    # says "nothing to resume" when there is no config.json), then the --config file.
+    base = read_run_config(run_dir) if resume else None
+    below = {**(flatten_dict(base) if base else {}),
+             **(read_toml(config_file) if config_file else {})}
+    if "env_id" not in {**below, **flags, **sets}:
+        raise click.UsageError("--env is required (or env_id in --config)")
+    cfg = _resolve(below, {**flags, **sets})
     assert isinstance(cfg, TrainConfig)
     from vidt.train.trainer import check_inputs
     from vidt.train.trainer import train as run_train
@@ -158,6 +158,36 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
             click.echo(f"Next: vidt export {run_dir}", err=True)
     if result.interrupted:
         sys.exit(130)
+
+
+# What names a thing outside the command line (an env, a dataset): a wrong one is a problem
+# with that thing, exit 1, wherever it is named. Every other value the command line gives is
+# checked as part of it.
+_NAMES = ("env_id", "dataset")
+
+
+def _resolve(below: dict, given: dict):
+    """The run's config: `given` (the flags and --set) over `below` (a resumed run's config,
+    the --config file). A value the config check refuses only once the command line's own
+    values are applied is a mistake in the command line: a usage error, as click's range
+    checks make it. Anything else wrong (the file's values, an env or dataset that does not
+    fit) stays a ConfigError, exit 1."""
+    from vidt.errors import ConfigError
+    from vidt.train.config import resolve
+
+    def build(over: dict):
+        over = {**below, **over}
+        return resolve(over["env_id"], over.get("algo", DEFAULTS["algo"]),
+                       over.get("preset", DEFAULTS["preset"]), overrides=over)
+
+    try:
+        return build(given)
+    except ConfigError as e:
+        try:
+            build({k: v for k, v in given.items() if k in _NAMES})
+        except ConfigError:
+            raise e from None
+        raise click.UsageError(str(e)) from None
 
 
 def _say_what_resume_does(run_dir: Path, saved: dict, cfg) -> bool:

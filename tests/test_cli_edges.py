@@ -1,5 +1,6 @@
 """Mistakes a new user makes, through the real CLI: each gets one line naming its cause and
-a consistent exit status (1: a problem with the input, 2: a usage error)."""
+an exit status by one rule (`vidt --help`): 2 for a mistake in the command line itself,
+whoever finds it, click or vidt; 1 for a right command line naming something wrong."""
 
 from __future__ import annotations
 
@@ -56,6 +57,25 @@ def test_a_missing_input_path_is_exit_1_everywhere(run_cli, args, tiny, tmp_path
     assert "nonexistent" in _one_error_line(res.stderr)
 
 
+@pytest.mark.parametrize("args, says", [
+    (("serve", "--model", "DIR"), "is a directory"),
+    (("train", "--env", "vidt/OneState-v0", "--config", "DIR", "--dry-run"), "is a directory"),
+    (("train", "--env", "vidt/OneState-v0", "--out", "FILE"), "is a file"),
+    (("export", "RUN", "--out", "DIR"), "is a directory"),
+    (("eval", "--server", "127.0.0.1:1", "--record", "FILE"), "is a file"),
+    (("collect", "--env", "Pendulum-v1", "--steps", "5", "--out", "FILE/x"), "FILE"),
+])
+def test_a_path_naming_the_wrong_kind_of_thing_is_exit_1(run_cli, args, says, tmp_path):
+    # As a missing one: the path is well formed, what it names is wrong.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "file").write_text("x")
+    subst = {"DIR": str(tmp_path), "FILE": str(tmp_path / "file"),
+             "FILE/x": str(tmp_path / "file" / "x"), "RUN": str(tmp_path / "run")}
+    res = run_cli(*[subst.get(a, a) for a in args])
+    assert res.exit_code == 1, (res.exit_code, res.stderr)
+    assert says.replace("FILE", str(tmp_path / "file")) in _one_error_line(res.stderr)
+
+
 @pytest.mark.parametrize("value, traceback", [("0", False), ("", False), ("false", False),
                                               ("1", True)])
 def test_vidt_debug_is_on_only_when_set_true(value, traceback):
@@ -79,8 +99,55 @@ def test_busy_ports_are_named(tiny):
 
 def test_a_server_address_without_a_port_is_refused(run_cli):
     res = run_cli("eval", "--server", "localhost", "--env", "Pendulum-v1")
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "needs a port" in _one_error_line(res.stderr)
+
+
+TRAIN = ("train", "--env", "vidt/OneState-v0", "--dry-run")
+
+
+@pytest.mark.parametrize("flag, setting, toml, says", [
+    (("--preset", "huge"), "preset=huge", 'preset = "huge"', "huge"),
+    (("--online-steps", "-1"), "online.online_steps=-1", "[online]\nonline_steps = -1",
+     "online_steps"),
+    (("--seed", "x"), "seed=x", 'seed = "x"', "seed"),
+    (None, "model.nope=1", "[model]\nnope = 1", "nope"),
+    (None, "model.n_head=0", "[model]\nn_head = 0", "n_head"),
+    (None, "model.d_model", None, "key=value"),
+])
+def test_a_config_mistake_exits_2_on_the_command_line_and_1_in_a_file(run_cli, tmp_path, flag,
+                                                                      setting, toml, says):
+    # The same mistake gets the same status whichever option carries it: a flag (click's
+    # check) and --set (vidt's) both exit 2; in a --config file it is the file's problem, 1.
+    if flag is not None:
+        res = run_cli(*TRAIN, *flag)
+        assert res.exit_code == 2, res.stderr
+    res = run_cli(*TRAIN, "--set", setting)
+    assert res.exit_code == 2 and says in _one_error_line(res.stderr), res.stderr
+    if toml is not None:
+        (tmp_path / "c.toml").write_text(toml + "\n")
+        res = run_cli(*TRAIN, "--config", str(tmp_path / "c.toml"))
+        assert res.exit_code == 1 and says in _one_error_line(res.stderr), res.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (("train", "--env", "vidt/OneState-v0", "--seed", "1", "--set", "seed=2", "--dry-run"),
+     "disagree"),
+    (("train", "--preset", "tiny", "--dry-run"), "--env"),
+    (("train", "--env", "vidt/OneState-v0"), "--out"),
+    (("eval", "--server", "127.0.0.1:1", "--num-envs", "2", "--record", "v"), "--num-envs 1"),
+    (("eval", "--server", "127.0.0.1:1", "--target-return", "nan"), "finite"),
+    (("collect", "--env", "Pendulum-v1", "--steps", "5", "--target-return", "inf", "--out",
+      "OUT"), "finite"),
+    (("serve", "--model", "MODEL", "--host", "0.0.0.0"), "--insecure"),
+    (("serve", "--model", "MODEL", "--tls-cert", "MODEL"), "--tls-key"),
+    (("datasets", "info"), "SOURCE"),
+])
+def test_options_that_do_not_go_together_exit_2(run_cli, tiny, tmp_path, args, says):
+    subst = {"MODEL": str(tiny), "OUT": str(tmp_path / "out")}
+    res = run_cli(*[subst.get(a, a) for a in args])
+    assert res.exit_code == 2 and says in _one_error_line(res.stderr), res.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_host_names_are_loopback_when_they_resolve_to_it():

@@ -125,7 +125,7 @@ def test_eval_vector_env_more_envs_than_episodes(dt_policy_file):
 
 def test_serve_refuses_a_public_address_without_tls_or_token(run_cli, tiny_pendulum_file):
     r = run_cli("serve", "--model", str(tiny_pendulum_file), "--host", "0.0.0.0")
-    assert r.exit_code == 1 and "beyond loopback" in r.stderr and "--insecure" in r.stderr
+    assert r.exit_code == 2 and "beyond loopback" in r.stderr and "--insecure" in r.stderr
     r = run_cli("serve", "--model", str(tiny_pendulum_file), "--auth-token-file", "/nonexistent")
     assert r.exit_code == 1 and "cannot read the token file" in r.stderr
 

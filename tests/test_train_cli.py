@@ -96,7 +96,7 @@ def test_dry_run_prints_resolved_config(run_cli, tmp_path):
 
 def test_refusals(run_cli, tmp_path):
     r = run_cli(*ONE, "--set", "model.nope=1", "--out", str(tmp_path / "a"))
-    assert r.exit_code == 1 and "unknown config key 'model.nope'" in r.stderr
+    assert r.exit_code == 2 and "unknown config key 'model.nope'" in r.stderr
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "x").write_text("mine")
