@@ -10,7 +10,6 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any
 
 
@@ -46,17 +45,13 @@ class EnvFamily:
     # own; None: the algorithm's. Applied after the algorithm's coefficients.
     rl_coef: float | None = None
     # Config values (dotted keys, as `--set` takes them) that no preset undoes: applied after
-    # the preset, before the algorithm's coefficients.
+    # the preset, before the algorithm's coefficients. Read only (rows are shared).
     overrides: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # Config keys a run must be given because the row has no value for them (an env outside
     # the registry: its target returns and reward scale).
     needs: tuple[str, ...] = ()
     requires: str | None = None  # pip extra that provides the env ("robotics")
     notes: str = ""
-
-    def __post_init__(self):
-        # A row is shared by every run: its overrides cannot be changed through it.
-        object.__setattr__(self, "overrides", MappingProxyType(dict(self.overrides)))
 
     @property
     def has_reference(self) -> bool:
