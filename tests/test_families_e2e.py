@@ -1,8 +1,9 @@
-"""The paper's other env families (gymnasium-robotics: `vidt[robotics]`) through the whole
-CLI path a user takes: collect -> train -> export -> serve -> eval. Budgets are cut to the
-bone: the point is that every stage accepts these envs (Dict observations flattened the same
-way in training and serving, 24-28 dimensional hands and ants, the families' reward rules),
-not that anything learns."""
+"""The paper's other env families (gymnasium-robotics: `vidt[robotics]`, which `vidt[dev]`
+installs, so these run in CI rather than skip) through the whole CLI path a user takes:
+collect -> train -> export -> serve -> eval. Budgets are cut to the bone: the point is that
+every stage takes these envs (the mazes' Dict observations, flattened the same way in
+training and serving; the hand's 24 actions; each family's settings), not that anything
+learns."""
 
 from __future__ import annotations
 
@@ -15,10 +16,8 @@ from serving_util import running_server
 from vidt.envs import get_family, make_env
 from vidt.serving.runtime import OnnxPolicy
 
-pytest.importorskip("gymnasium_robotics", reason="the robotics families need vidt[robotics]")
-
-# One env per family; the dataset holds a few short episodes (the random policy rarely ends
-# one, so the collection's step count cuts the last).
+# One env per family. 300 collected steps are three pen episodes, or one maze episode or the
+# start of one.
 FAMILIES = ["AdroitHandPen-v1", "AntMaze_UMaze-v5", "PointMaze_UMaze-v3"]
 TINY = ["--preset", "tiny", "--pretrain-updates", "5", "--online-steps", "100",
         "--set", "online.min_steps_per_iter=100", "--set", "online.updates_per_iter=5",
