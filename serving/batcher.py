@@ -112,6 +112,12 @@ class Batcher:
 
     # ---- the threads front --------------------------------------------------------------
     def __call__(self, windows: list[WindowInputs]) -> np.ndarray:
+        with self._lock:
+            alone = not self._busy and self._last_callers == 1
+            if alone:
+                self._busy = True
+        if alone:  # the model is idle and was not batching: no queue, no item, no wait
+            return self._alone(windows)
         item = _Item(windows)
         with self._lock:
             self._queue.append(item)
@@ -128,6 +134,21 @@ class Batcher:
         if item.error is not None:
             raise item.error
         return item.result  # type: ignore[return-value]
+
+    def _alone(self, windows: list[WindowInputs]) -> np.ndarray:
+        """Run `windows` as a batch of their own, then hand leadership to whoever queued
+        meanwhile (a lone client's path: the `_lead` rules with nothing to gather)."""
+        item = _Item(windows)
+        try:
+            return self._run([item], item.rows)
+        finally:
+            with self._lock:
+                if self._queue:
+                    nxt = self._queue[0]
+                    nxt.lead = True
+                    nxt.wake.set()
+                else:
+                    self._busy = False
 
     def _lead(self) -> None:
         with self._lock:
