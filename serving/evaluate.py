@@ -147,8 +147,12 @@ def _run_single(client, info, env_id, episodes, target_return, seed, on_episode,
 
 def _render(env):
     """One rgb frame, or a VidtError saying what offscreen rendering needs."""
+    import gymnasium
+
     try:
         return env.render()
+    except gymnasium.error.DependencyNotInstalled as e:  # e.g. pygame, for classic control
+        raise VidtError(f"cannot render {env.spec.id if env.spec else 'the env'}: {e}") from None
     except Exception as e:  # MuJoCo's GL backends fail in several ways without their libraries
         raise VidtError(
             f"cannot render {env.spec.id if env.spec else 'the env'} offscreen ({type(e).__name__}: "

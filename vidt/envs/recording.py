@@ -18,10 +18,13 @@ MAX_SIDE = 320  # pixels: a 1,000-step episode stays a few MB
 
 
 def use_offscreen_gl() -> None:
-    """Pick MuJoCo's EGL backend when there is no display (set before mujoco is imported)."""
+    """Offscreen rendering when there is no display: MuJoCo on EGL, pygame on SDL's dummy driver
+    (set before either is imported)."""
     if not os.environ.get("DISPLAY"):
         os.environ.setdefault("MUJOCO_GL", "egl")
         os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+        # pygame (classic-control envs) too: without it SDL complains on every headless start.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
 class GifRecorder:
