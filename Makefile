@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 
-.PHONY: install test lint proto bench soak demo clean gpu-check gpu-wheels
+.PHONY: install test lint proto bench soak demo clean gpu-check gpu-wheels results
 
 SOAK_SECONDS ?= 600
 
@@ -56,6 +56,16 @@ gpu-wheels: $(STAMP)
 		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
 		-d .gpu-wheels $(GPU_WHEELS)
 	@du -sh .gpu-wheels
+
+# Every committed report (benchmarks/sweeps/results/NAME) again from its committed runs
+# (benchmarks/sweeps/runs/NAME); tests/test_results.py fails when this would change a table.
+results: $(STAMP)
+	@for runs in benchmarks/sweeps/runs/*/; do \
+		name=$$(basename $$runs); \
+		echo "vidt report benchmarks/sweeps/runs/$$name --out benchmarks/sweeps/results/$$name"; \
+		$(BIN)/vidt report benchmarks/sweeps/runs/$$name \
+			--out benchmarks/sweeps/results/$$name > /dev/null || exit 1; \
+	done
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
