@@ -97,14 +97,18 @@ class PolicyFacts:
         # Bounds arrive as lists (tensor.tolist(), JSON) or tuples: always tuples of floats,
         # so that equal facts compare equal.
         for name in ("action_low", "action_high"):
-            object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
+            object.__setattr__(self, name, _float_tuple(getattr(self, name)))
+
+
+def _float_tuple(values) -> tuple[float, ...]:
+    return tuple(float(x) for x in values)
 
 
 def _read_bounds(raw: str) -> tuple[float, ...]:
     vals = json.loads(raw)
     if not isinstance(vals, list):
         raise ValueError("expected a JSON list of numbers")
-    return tuple(float(x) for x in vals)
+    return _float_tuple(vals)
 
 
 class Codec(NamedTuple):
@@ -113,13 +117,14 @@ class Codec(NamedTuple):
     cast: Callable[[Any], Any]  # a value from elsewhere (a run's metadata) -> the field's type
 
 
-# Field type, as the dataclasses declare it -> its codec: the only place a type is converted.
+# Field type, as the dataclasses declare it (the annotation's text: this module's annotations
+# are postponed) -> its codec: the one place a metadata value changes type.
 CODECS: dict[str, Codec] = {
     "str": Codec(str, str, str),
     "int": Codec(str, int, int),
     "float": Codec(lambda v: repr(float(v)), float, float),
     "tuple[float, ...]": Codec(lambda v: json.dumps([float(x) for x in v]), _read_bounds,
-                               lambda v: tuple(float(x) for x in v)),
+                               _float_tuple),
 }
 
 
