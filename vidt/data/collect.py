@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -166,8 +167,11 @@ class _Writer:
     def __init__(self, root: Path, dataset_id: str, env_id: str, algo: str, description: str):
         # fork: the child starts at once with the modules already imported (spawn re-imports
         # them, 0.7 s of CPU that a short collection notices). The child only touches
-        # h5py/Minari, never the parent's onnxruntime or torch threads.
-        ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+        # h5py/Minari, never the parent's onnxruntime or torch threads. But only from a
+        # process with one Python thread: a lock another thread holds at the fork (a server
+        # in the same process, as in tests or an embedding) stays held in the child for ever.
+        alone = sys.platform == "linux" and threading.active_count() == 1
+        ctx = mp.get_context("fork" if alone else "spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_writer_main, daemon=True,
                                 args=(child, str(root), dataset_id, env_id, algo, description))
