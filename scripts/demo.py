@@ -1,6 +1,6 @@
 """`make demo`: the whole story on one default, end to end, with what a user types.
 
-collect (random policy) -> train (vidt, small preset) -> export (ONNX) -> serve (gRPC, a
+collect (random policy) -> train (vidt, the default preset) -> export (ONNX) -> serve (gRPC, a
 free loopback port) -> eval (Gymnasium episodes against the server) -> report.
 
 Everything lands in runs/demo/ (report.md, learning_curve.png, the dataset, the run, the
@@ -11,7 +11,7 @@ Knobs (environment variables):
   DEMO_ENV           env id (default Pendulum-v1: the clearest picture in a CPU budget)
   DEMO_DATA_STEPS    random-policy steps to record (default 10000)
   DEMO_STEPS         online env steps of finetuning (default 8000)
-  DEMO_PRESET        model and update budget: tiny, small or paper (default small)
+  DEMO_PRESET        model and update budget: tiny, small or paper (default: vidt train's)
   DEMO_EPISODES      evaluation episodes against the server (default 10)
   DEMO_DIR           output directory (default runs/demo)
 """
@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 
 from vidt.serving.server import free_port
+from vidt.train.config import DEFAULT_PRESET
 
 ENV = os.environ.get("DEMO_ENV", "Pendulum-v1")
 DATA_STEPS = int(os.environ.get("DEMO_DATA_STEPS", "10000"))
 ONLINE_STEPS = int(os.environ.get("DEMO_STEPS", "8000"))
-PRESET = os.environ.get("DEMO_PRESET", "small")
+PRESET = os.environ.get("DEMO_PRESET", DEFAULT_PRESET)
 EPISODES = int(os.environ.get("DEMO_EPISODES", "10"))
 OUT = Path(os.environ.get("DEMO_DIR", "runs/demo"))
 VIDT = str(Path(sys.executable).with_name("vidt"))
