@@ -1,5 +1,6 @@
 """The report over a root of runs: per task and method (final and last-3 score, mean ± std
-over seeds, first crossing of a threshold), across tasks (IQM with a stratified bootstrap 95%
+over seeds, how many seeds that start below a threshold reach it and when), per run the
+same, across tasks (IQM with a stratified bootstrap 95%
 interval, probability of improvement), as Markdown, CSV, one PNG of curves per task and a
 JSON summary. Only finished runs enter the statistics; runs still going are listed apart."""
 
