@@ -223,8 +223,10 @@ class PolicyClient:
             self._info = self.call("GetPolicyInfo", pb.GetPolicyInfoRequest())
         return self._info
 
-    def session(self, target_return: float | None = None) -> Session:
-        return Session(self, target_return)
+    def session(self, target_return: float | None = None, model_version: str = "") -> Session:
+        """A new episode; `model_version` pins it to that model (FAILED_PRECONDITION from a
+        server that does not hold it)."""
+        return Session(self, target_return, model_version)
 
     def sessions(self, n: int, target_return: float | None = None) -> SessionBatch:
         return SessionBatch(self, n, target_return)
@@ -245,16 +247,20 @@ class PolicyClient:
 class Session:
     """One episode on the server (Act). Use as a context manager, or call close()."""
 
-    def __init__(self, client: PolicyClient, target_return: float | None = None):
+    def __init__(self, client: PolicyClient, target_return: float | None = None,
+                 model_version: str = ""):
         self.client = client
-        # The model the episode runs on: a resume elsewhere must find the same one.
-        self.model_version = client.info().model_version if client.failover else ""
-        req = pb.CreateSessionRequest()
+        req = pb.CreateSessionRequest(model_version=model_version)
         if target_return is not None:
             req.target_return = float(target_return)
         # Through a proxy, a replica that is draining refuses new sessions until the proxy
         # has taken it out (about a second): with failover on, keep asking.
         r = client.with_failover([], lambda: client.call("CreateSession", req))
+        # The model the episode runs on, as the server that created it says (a server's
+        # version can change between two episodes): a resume elsewhere must find the same
+        # one. Servers from before this field answer "", and then hold one model only.
+        self.model_version: str = r.model_version or (
+            client.info(refresh=True).model_version if client.failover else "")
         self.id: str = r.session_id
         self.target_return: float = r.target_return
         self.context_length: int = r.context_length
@@ -295,6 +301,8 @@ class Session:
                 history=[pb.StepRecord(observation=o, action=a, return_to_go=g)
                          for o, a, g in self._history]))
         r = self.client.call("CreateSession", req)
+        if self.step == 0:  # nothing acted yet: a new episode, on whatever that server runs
+            self.model_version = r.model_version or self.model_version
         log.info("session %s resumed at step %d as %s", self.id, self.step, r.session_id)
         self.id = r.session_id
         self.client._count("failovers")

@@ -95,7 +95,7 @@ def policy_info(policy) -> pb.PolicyInfo:
         observation_dim=m.obs_dim, action_dim=m.act_dim, action_low=list(m.action_low),
         action_high=list(m.action_high), context_length=m.context_len,
         max_episode_steps=m.max_episode_steps, default_target_return=m.default_target_return,
-        execution_provider=policy.provider)
+        execution_provider=policy.provider, loaded_versions=[m.model_version])
 
 
 def message_limits(obs_dim: int, act_dim: int, max_batch_requests: int) -> tuple[int, int]:
@@ -165,10 +165,11 @@ class PolicyCore:
             c = self.store.resume(_resume_state(request.resume))
         else:
             target = request.target_return if request.HasField("target_return") else None
-            c = self.store.create(target)
+            c = self.store.create(target, request.model_version)
         return pb.CreateSessionResponse(session_id=c.session_id, target_return=c.target_return,
                                         context_length=c.context_length,
-                                        idle_timeout_s=c.idle_timeout_s)
+                                        idle_timeout_s=c.idle_timeout_s,
+                                        model_version=c.model_version)
 
     async def Act(self, request: pb.ActRequest) -> pb.ActResponse:
         """One step; also each message of an ActStream."""

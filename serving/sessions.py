@@ -136,6 +136,7 @@ class SessionCreated:
     target_return: float
     context_length: int
     idle_timeout_s: int
+    model_version: str  # the model this session runs on, for its whole life
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ class SessionStore:
         if not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
         self.meta = metadata
+        self.model_version = str(getattr(metadata, "model_version", ""))
         self.infer = infer
         self.infer_async = infer_async
         self.max_sessions = int(max_sessions)
@@ -218,7 +220,15 @@ class SessionStore:
         """Refuse new sessions from now on (shutdown); open sessions may still step."""
         self._draining = True
 
-    def create(self, target_return: float | None = None) -> SessionCreated:
+    def create(self, target_return: float | None = None,
+               model_version: str = "") -> SessionCreated:
+        """A new episode, conditioned on `target_return` (default: the model's), on
+        `model_version` if given (FAILED_PRECONDITION, nothing created, for a model this
+        store does not hold)."""
+        if model_version and model_version != self.model_version:
+            raise FailedPrecondition(
+                f"model_version {_quote(model_version)} is not held by this server (it holds "
+                f"{_quote(self.model_version)}): no session created")
         if target_return is None:
             target_return = float(self.meta.default_target_return)
         elif not (math.isfinite(target_return) and abs(target_return) <= F32_MAX):
@@ -242,7 +252,7 @@ class SessionStore:
 
     def _restored_window(self, state: ResumeState) -> tuple[ContextWindow, StepResult]:
         m = self.meta
-        ours = getattr(m, "model_version", "")
+        ours = self.model_version
         if state.model_version != ours:
             raise FailedPrecondition(
                 f"resume.model_version {_quote(state.model_version)} is not the model this "
@@ -309,7 +319,7 @@ class SessionStore:
 
     def _created(self, sid: str, window: ContextWindow) -> SessionCreated:
         return SessionCreated(sid, window.target_return, int(self.meta.context_len),
-                              int(math.ceil(self.idle_timeout_s)))
+                              int(math.ceil(self.idle_timeout_s)), self.model_version)
 
     def close(self, session_id: str) -> SessionSummary:
         with self._lock:

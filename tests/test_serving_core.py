@@ -59,7 +59,12 @@ def test_default_target_return_and_created_fields():
     store = SessionStore(actor.metadata, actor.infer, idle_timeout_s=12.5)
     c = store.create()
     assert (c.target_return, c.context_length, c.idle_timeout_s) == (42.0, 4, 13)
-    assert store.active == 1 and store.created_total == 1
+    assert c.model_version == "numpy" and store.create(model_version="numpy").model_version
+    assert store.active == 2 and store.created_total == 2
+    with pytest.raises(FailedPrecondition, match="model_version 'other' is not held by this "
+                                                 "server \\(it holds 'numpy'\\)"):
+        store.create(model_version="other")
+    assert store.active == 2 and store.created_total == 2  # nothing created
 
 
 def test_repeated_step_returns_stored_answer_and_appends_nothing():

@@ -88,6 +88,24 @@ def test_policy_info(client, policy):
     assert list(info.action_low) == [-1.0, -1.0] and list(info.action_high) == [1.0, 1.0]
     assert info.default_target_return == 10.0 and info.max_episode_steps == 0
     assert info.execution_provider == "CPUExecutionProvider"
+    assert list(info.loaded_versions) == [m.model_version]
+    assert (info.canary_version, info.canary_fraction) == ("", 0.0)
+
+
+def test_a_session_names_its_model_and_a_pinned_one_must_be_held(client, policy):
+    r = client.call("CreateSession", pb.CreateSessionRequest())
+    assert r.model_version == policy.metadata.model_version
+    pinned = client.call("CreateSession", pb.CreateSessionRequest(
+        model_version=policy.metadata.model_version))
+    assert pinned.model_version == policy.metadata.model_version
+    with pytest.raises(ServerError, match="model_version 'v-elsewhere' is not held") as e:
+        client.call("CreateSession", pb.CreateSessionRequest(model_version="v-elsewhere"))
+    assert code_of(e) == C.FAILED_PRECONDITION
+    s = client.session()  # the client keeps the version its server named
+    assert s.model_version == policy.metadata.model_version
+    s.close()
+    for sid in (r.session_id, pinned.session_id):
+        client.call("CloseSession", pb.CloseSessionRequest(session_id=sid))
 
 
 def test_health_for_both_names_and_reflection(server):
@@ -494,8 +512,9 @@ def test_bearer_token_guards_unary_and_streaming_calls(policy):
         assert token not in repr(srv.config)
         text = urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics",
                                       timeout=5).read().decode()
-        # anon.info(), anon.session()'s look at the model version (for resumes), bad.info()
-        assert 'vidt_errors_total{code="UNAUTHENTICATED",method="GetPolicyInfo"} 3.0' in text
+        # anon.info() and bad.info(); anon.session(), which asks CreateSession only
+        assert 'vidt_errors_total{code="UNAUTHENTICATED",method="GetPolicyInfo"} 2.0' in text
+        assert 'vidt_errors_total{code="UNAUTHENTICATED",method="CreateSession"} 1.0' in text
 
 
 def test_tls_with_a_certificate_made_here(policy, tmp_path):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14vidt/v1/policy.proto\x12\x07vidt.v1\"\x16\n\x14GetPolicyInfoRequest\"\x8b\x02\n\nPolicyInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x03 \x01(\t\x12\x17\n\x0fobservation_dim\x18\x04 \x01(\r\x12\x12\n\naction_dim\x18\x05 \x01(\r\x12\x12\n\naction_low\x18\x06 \x03(\x02\x12\x13\n\x0b\x61\x63tion_high\x18\x07 \x03(\x02\x12\x16\n\x0e\x63ontext_length\x18\x08 \x01(\r\x12\x19\n\x11max_episode_steps\x18\t \x01(\r\x12\x1d\n\x15\x64\x65\x66\x61ult_target_return\x18\n \x01(\x01\x12\x1a\n\x12\x65xecution_provider\x18\x0b \x01(\t\"j\n\x14\x43reateSessionRequest\x12\x1a\n\rtarget_return\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12$\n\x06resume\x18\x02 \x01(\x0b\x32\x14.vidt.v1.ResumeStateB\x10\n\x0e_target_return\"s\n\x0bResumeState\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x11\n\tnext_step\x18\x02 \x01(\x04\x12$\n\x07history\x18\x03 \x03(\x0b\x32\x13.vidt.v1.StepRecord\x12\x14\n\x0ctotal_reward\x18\x04 \x01(\x01\"G\n\nStepRecord\x12\x13\n\x0bobservation\x18\x01 \x03(\x02\x12\x0e\n\x06\x61\x63tion\x18\x02 \x03(\x02\x12\x14\n\x0creturn_to_go\x18\x03 \x01(\x01\"r\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rtarget_return\x18\x02 \x01(\x01\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x16\n\x0eidle_timeout_s\x18\x04 \x01(\r\"S\n\nActRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x13\n\x0bobservation\x18\x03 \x03(\x02\x12\x0e\n\x06reward\x18\x04 \x01(\x01\"U\n\x0b\x41\x63tResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x0e\n\x06\x61\x63tion\x18\x03 \x03(\x02\x12\x14\n\x0creturn_to_go\x18\x04 \x01(\x01\"8\n\x0f\x41\x63tBatchRequest\x12%\n\x08requests\x18\x01 \x03(\x0b\x32\x13.vidt.v1.ActRequest\";\n\x10\x41\x63tBatchResponse\x12\'\n\tresponses\x18\x01 \x03(\x0b\x32\x14.vidt.v1.ActResponse\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\";\n\x14\x43loseSessionResponse\x12\r\n\x05steps\x18\x01 \x01(\x04\x12\x14\n\x0ctotal_reward\x18\x02 \x01(\x01\x32\xa0\x03\n\rPolicyService\x12\x43\n\rGetPolicyInfo\x12\x1d.vidt.v1.GetPolicyInfoRequest\x1a\x13.vidt.v1.PolicyInfo\x12N\n\rCreateSession\x12\x1d.vidt.v1.CreateSessionRequest\x1a\x1e.vidt.v1.CreateSessionResponse\x12\x30\n\x03\x41\x63t\x12\x13.vidt.v1.ActRequest\x1a\x14.vidt.v1.ActResponse\x12?\n\x08\x41\x63tBatch\x12\x18.vidt.v1.ActBatchRequest\x1a\x19.vidt.v1.ActBatchResponse\x12:\n\tActStream\x12\x13.vidt.v1.ActRequest\x1a\x14.vidt.v1.ActResponse(\x01\x30\x01\x12K\n\x0c\x43loseSession\x12\x1c.vidt.v1.CloseSessionRequest\x1a\x1d.vidt.v1.CloseSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14vidt/v1/policy.proto\x12\x07vidt.v1\"\x16\n\x14GetPolicyInfoRequest\"\xd5\x02\n\nPolicyInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x03 \x01(\t\x12\x17\n\x0fobservation_dim\x18\x04 \x01(\r\x12\x12\n\naction_dim\x18\x05 \x01(\r\x12\x12\n\naction_low\x18\x06 \x03(\x02\x12\x13\n\x0b\x61\x63tion_high\x18\x07 \x03(\x02\x12\x16\n\x0e\x63ontext_length\x18\x08 \x01(\r\x12\x19\n\x11max_episode_steps\x18\t \x01(\r\x12\x1d\n\x15\x64\x65\x66\x61ult_target_return\x18\n \x01(\x01\x12\x1a\n\x12\x65xecution_provider\x18\x0b \x01(\t\x12\x17\n\x0floaded_versions\x18\x0c \x03(\t\x12\x16\n\x0e\x63\x61nary_version\x18\r \x01(\t\x12\x17\n\x0f\x63\x61nary_fraction\x18\x0e \x01(\x01\"\x81\x01\n\x14\x43reateSessionRequest\x12\x1a\n\rtarget_return\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12$\n\x06resume\x18\x02 \x01(\x0b\x32\x14.vidt.v1.ResumeState\x12\x15\n\rmodel_version\x18\x03 \x01(\tB\x10\n\x0e_target_return\"s\n\x0bResumeState\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x11\n\tnext_step\x18\x02 \x01(\x04\x12$\n\x07history\x18\x03 \x03(\x0b\x32\x13.vidt.v1.StepRecord\x12\x14\n\x0ctotal_reward\x18\x04 \x01(\x01\"G\n\nStepRecord\x12\x13\n\x0bobservation\x18\x01 \x03(\x02\x12\x0e\n\x06\x61\x63tion\x18\x02 \x03(\x02\x12\x14\n\x0creturn_to_go\x18\x03 \x01(\x01\"\x89\x01\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rtarget_return\x18\x02 \x01(\x01\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x16\n\x0eidle_timeout_s\x18\x04 \x01(\r\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"S\n\nActRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x13\n\x0bobservation\x18\x03 \x03(\x02\x12\x0e\n\x06reward\x18\x04 \x01(\x01\"U\n\x0b\x41\x63tResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x0e\n\x06\x61\x63tion\x18\x03 \x03(\x02\x12\x14\n\x0creturn_to_go\x18\x04 \x01(\x01\"8\n\x0f\x41\x63tBatchRequest\x12%\n\x08requests\x18\x01 \x03(\x0b\x32\x13.vidt.v1.ActRequest\";\n\x10\x41\x63tBatchResponse\x12\'\n\tresponses\x18\x01 \x03(\x0b\x32\x14.vidt.v1.ActResponse\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\";\n\x14\x43loseSessionResponse\x12\r\n\x05steps\x18\x01 \x01(\x04\x12\x14\n\x0ctotal_reward\x18\x02 \x01(\x01\x32\xa0\x03\n\rPolicyService\x12\x43\n\rGetPolicyInfo\x12\x1d.vidt.v1.GetPolicyInfoRequest\x1a\x13.vidt.v1.PolicyInfo\x12N\n\rCreateSession\x12\x1d.vidt.v1.CreateSessionRequest\x1a\x1e.vidt.v1.CreateSessionResponse\x12\x30\n\x03\x41\x63t\x12\x13.vidt.v1.ActRequest\x1a\x14.vidt.v1.ActResponse\x12?\n\x08\x41\x63tBatch\x12\x18.vidt.v1.ActBatchRequest\x1a\x19.vidt.v1.ActBatchResponse\x12:\n\tActStream\x12\x13.vidt.v1.ActRequest\x1a\x14.vidt.v1.ActResponse(\x01\x30\x01\x12K\n\x0c\x43loseSession\x12\x1c.vidt.v1.CloseSessionRequest\x1a\x1d.vidt.v1.CloseSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,27 +34,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPOLICYINFOREQUEST']._serialized_start=33
   _globals['_GETPOLICYINFOREQUEST']._serialized_end=55
   _globals['_POLICYINFO']._serialized_start=58
-  _globals['_POLICYINFO']._serialized_end=325
-  _globals['_CREATESESSIONREQUEST']._serialized_start=327
-  _globals['_CREATESESSIONREQUEST']._serialized_end=433
-  _globals['_RESUMESTATE']._serialized_start=435
-  _globals['_RESUMESTATE']._serialized_end=550
-  _globals['_STEPRECORD']._serialized_start=552
-  _globals['_STEPRECORD']._serialized_end=623
-  _globals['_CREATESESSIONRESPONSE']._serialized_start=625
-  _globals['_CREATESESSIONRESPONSE']._serialized_end=739
-  _globals['_ACTREQUEST']._serialized_start=741
-  _globals['_ACTREQUEST']._serialized_end=824
-  _globals['_ACTRESPONSE']._serialized_start=826
-  _globals['_ACTRESPONSE']._serialized_end=911
-  _globals['_ACTBATCHREQUEST']._serialized_start=913
-  _globals['_ACTBATCHREQUEST']._serialized_end=969
-  _globals['_ACTBATCHRESPONSE']._serialized_start=971
-  _globals['_ACTBATCHRESPONSE']._serialized_end=1030
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1032
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1073
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1075
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1134
-  _globals['_POLICYSERVICE']._serialized_start=1137
-  _globals['_POLICYSERVICE']._serialized_end=1553
+  _globals['_POLICYINFO']._serialized_end=399
+  _globals['_CREATESESSIONREQUEST']._serialized_start=402
+  _globals['_CREATESESSIONREQUEST']._serialized_end=531
+  _globals['_RESUMESTATE']._serialized_start=533
+  _globals['_RESUMESTATE']._serialized_end=648
+  _globals['_STEPRECORD']._serialized_start=650
+  _globals['_STEPRECORD']._serialized_end=721
+  _globals['_CREATESESSIONRESPONSE']._serialized_start=724
+  _globals['_CREATESESSIONRESPONSE']._serialized_end=861
+  _globals['_ACTREQUEST']._serialized_start=863
+  _globals['_ACTREQUEST']._serialized_end=946
+  _globals['_ACTRESPONSE']._serialized_start=948
+  _globals['_ACTRESPONSE']._serialized_end=1033
+  _globals['_ACTBATCHREQUEST']._serialized_start=1035
+  _globals['_ACTBATCHREQUEST']._serialized_end=1091
+  _globals['_ACTBATCHRESPONSE']._serialized_start=1093
+  _globals['_ACTBATCHRESPONSE']._serialized_end=1152
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1154
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1195
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1197
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1256
+  _globals['_POLICYSERVICE']._serialized_start=1259
+  _globals['_POLICYSERVICE']._serialized_end=1675
 # @@protoc_insertion_point(module_scope)

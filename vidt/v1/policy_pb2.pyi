@@ -11,7 +11,7 @@ class GetPolicyInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PolicyInfo(_message.Message):
-    __slots__ = ("model_name", "model_version", "env_id", "observation_dim", "action_dim", "action_low", "action_high", "context_length", "max_episode_steps", "default_target_return", "execution_provider")
+    __slots__ = ("model_name", "model_version", "env_id", "observation_dim", "action_dim", "action_low", "action_high", "context_length", "max_episode_steps", "default_target_return", "execution_provider", "loaded_versions", "canary_version", "canary_fraction")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ENV_ID_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,9 @@ class PolicyInfo(_message.Message):
     MAX_EPISODE_STEPS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TARGET_RETURN_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    LOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FRACTION_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     env_id: str
@@ -34,15 +37,20 @@ class PolicyInfo(_message.Message):
     max_episode_steps: int
     default_target_return: float
     execution_provider: str
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., env_id: _Optional[str] = ..., observation_dim: _Optional[int] = ..., action_dim: _Optional[int] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., context_length: _Optional[int] = ..., max_episode_steps: _Optional[int] = ..., default_target_return: _Optional[float] = ..., execution_provider: _Optional[str] = ...) -> None: ...
+    loaded_versions: _containers.RepeatedScalarFieldContainer[str]
+    canary_version: str
+    canary_fraction: float
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., env_id: _Optional[str] = ..., observation_dim: _Optional[int] = ..., action_dim: _Optional[int] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., context_length: _Optional[int] = ..., max_episode_steps: _Optional[int] = ..., default_target_return: _Optional[float] = ..., execution_provider: _Optional[str] = ..., loaded_versions: _Optional[_Iterable[str]] = ..., canary_version: _Optional[str] = ..., canary_fraction: _Optional[float] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("target_return", "resume")
+    __slots__ = ("target_return", "resume", "model_version")
     TARGET_RETURN_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     target_return: float
     resume: ResumeState
-    def __init__(self, target_return: _Optional[float] = ..., resume: _Optional[_Union[ResumeState, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, target_return: _Optional[float] = ..., resume: _Optional[_Union[ResumeState, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ResumeState(_message.Message):
     __slots__ = ("model_version", "next_step", "history", "total_reward")
@@ -67,16 +75,18 @@ class StepRecord(_message.Message):
     def __init__(self, observation: _Optional[_Iterable[float]] = ..., action: _Optional[_Iterable[float]] = ..., return_to_go: _Optional[float] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
-    __slots__ = ("session_id", "target_return", "context_length", "idle_timeout_s")
+    __slots__ = ("session_id", "target_return", "context_length", "idle_timeout_s", "model_version")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_RETURN_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     target_return: float
     context_length: int
     idle_timeout_s: int
-    def __init__(self, session_id: _Optional[str] = ..., target_return: _Optional[float] = ..., context_length: _Optional[int] = ..., idle_timeout_s: _Optional[int] = ...) -> None: ...
+    model_version: str
+    def __init__(self, session_id: _Optional[str] = ..., target_return: _Optional[float] = ..., context_length: _Optional[int] = ..., idle_timeout_s: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ActRequest(_message.Message):
     __slots__ = ("session_id", "step", "observation", "reward")
