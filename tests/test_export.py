@@ -187,6 +187,12 @@ def test_model_version_is_a_content_hash(exported, tmp_path):
                          n_windows=64, model_name="pendulum")
     assert again.metadata.model_version == report.metadata.model_version
     assert other.metadata.model_version != report.metadata.model_version
+    # The same weights labelled as a run's best actor, or by another vidt release: one model.
+    for label in ({"actor_selection": "best"}, {"version": "0.0.0-elsewhere"}):
+        relabelled = export_actor(actor, {**PENDULUM_META, **label},
+                                  tmp_path / "relabelled.onnx", n_windows=64,
+                                  model_name="pendulum")
+        assert relabelled.metadata.model_version == report.metadata.model_version, label
 
 
 def test_non_finite_weights_are_refused(tmp_path):

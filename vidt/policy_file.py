@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = "1"  # of the file layout; this vidt reads this version only
 PREFIX = "vidt."  # of every metadata key
 MODEL_VERSION_KEY = PREFIX + "model_version"  # the content hash; not part of what it hashes
+# Labels that do not change what the file does, also left out of the hash: the same weights
+# exported as the run's "best" and as its "last" actor, or by another vidt release, are one
+# model, and replicas serving either must continue each other's episodes.
+UNHASHED = (MODEL_VERSION_KEY, PREFIX + "actor_selection", PREFIX + "version")
 
 
 # ---- the graph's inputs and output -----------------------------------------------------------
@@ -208,9 +212,9 @@ _FIELDS = {f.name: f for f in fields(PolicyMetadata)}
 
 def model_version(graph: bytes, props: Mapping[str, str]) -> str:
     """The content hash of a serialised graph (weights included) and its metadata, less the
-    model version itself: two exports of one actor with one run's metadata get one version."""
+    labels in UNHASHED: two exports of one actor with one run's metadata get one version."""
     h = hashlib.sha256(graph)
-    h.update(json.dumps({k: v for k, v in props.items() if k != MODEL_VERSION_KEY},
+    h.update(json.dumps({k: v for k, v in props.items() if k not in UNHASHED},
                         sort_keys=True).encode())
     return h.hexdigest()[:16]
 
