@@ -73,19 +73,43 @@ def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file
                                                       bar.set_postfix(ret=f"{ret:.1f}")))
     if as_json:
         click.echo(json.dumps(res.to_json()))
-        return
+    else:
+        _print(res, env_id, num_envs, record_dir, record_episodes, episodes)
+    if res.failed or res.not_run:
+        # Every finished episode is reported above; the status says the run was not whole.
+        raise click.ClickException(f"{len(res.failed)} of {episodes} episode(s) failed"
+                                   + (f", {res.not_run} not run" if res.not_run else "")
+                                   + f": {res.failed[-1]}")
+
+
+def _print(res, env_id, num_envs, record_dir, record_episodes, episodes) -> None:
     lat = res.latency_ms
-    score = "n/a (no reference)" if res.normalized_score is None else f"{res.normalized_score:.1f}"
     how = "ActBatch" if num_envs > 1 else "Act"
-    click.echo(f"{env_id}: return {res.return_mean:.2f} ± {res.return_std:.2f} over "
-               f"{len(res.returns)} episodes\n"
-               f"normalized score: {score}\n"
-               f"episode length: mean {res.mean_length:.1f} (min {min(res.lengths)}, "
-               f"max {max(res.lengths)})\n"
-               f"{how} latency: p50 {lat['p50']:.3f} ms, p95 {lat['p95']:.3f} ms, "
-               f"p99 {lat['p99']:.3f} ms ({res.calls} calls)")
+    if res.returns:
+        score = ("n/a (no reference)" if res.normalized_score is None
+                 else f"{res.normalized_score:.1f}")
+        click.echo(f"{env_id}: return {res.return_mean:.2f} ± {res.return_std:.2f} over "
+                   f"{len(res.returns)} episodes\n"
+                   f"normalized score: {score}\n"
+                   f"episode length: mean {res.mean_length:.1f} (min {min(res.lengths)}, "
+                   f"max {max(res.lengths)})\n"
+                   f"{how} latency: p50 {lat['p50']:.3f} ms, p95 {lat['p95']:.3f} ms, "
+                   f"p99 {lat['p99']:.3f} ms ({res.calls} calls)")
+    else:
+        click.echo(f"{env_id}: no episode finished")
+    versions = res.by_version()
+    if len(versions) > 1:  # a run that spanned a model change: one line per model
+        for v, r in versions.items():
+            click.echo(f"  model_version {v}: return {r['return_mean']:.2f} ± "
+                       f"{r['return_std']:.2f} over {r['episodes']} episodes")
+    elif versions:
+        click.echo(f"model_version: {next(iter(versions))}")
     if res.failovers:
         click.echo(f"failovers: {res.failovers} session(s) resumed on another server")
+    if res.failed:
+        click.echo(f"failed: {len(res.failed)} episode(s)")
+        for why in res.failed:
+            click.echo(f"  {why}")
     if record_dir is not None:
         click.echo(f"recorded: the first {min(record_episodes, episodes)} episode(s) as GIFs "
                    f"in {record_dir}")

@@ -8,6 +8,7 @@ Latency is measured around each Act / ActBatch call, as the client sees it.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -20,28 +21,43 @@ import numpy as np
 from vidt.envs import make_env, normalized_score
 from vidt.errors import VidtError
 
-from .client import PolicyClient
+from .client import PolicyClient, ServerError
+
+log = logging.getLogger(__name__)
 
 MAX_STEPS_WITHOUT_LIMIT = 100_000  # an env without a time limit must still end somewhere
+GIVE_UP_AFTER = 3  # failures in a row (no episode finished between them) that end a run
 
 
 @dataclass(frozen=True)
 class EvalResult:
     env_id: str
-    returns: tuple[float, ...]  # per episode, in the order they finished
+    returns: tuple[float, ...]  # per finished episode, in the order they finished
     lengths: tuple[int, ...]
     latency_ms: dict  # p50, p95, p99 of one Act (or ActBatch) call, milliseconds
     num_envs: int
     calls: int  # Act / ActBatch calls made
     failovers: int = 0  # sessions resumed on another server after theirs was lost
+    versions: tuple[str, ...] = ()  # the model_version each finished episode ran on
+    failed: tuple[str, ...] = ()  # why each episode that did not finish failed
+    not_run: int = 0  # episodes never started: the server failed GIVE_UP_AFTER times in a row
 
     @property
     def return_mean(self) -> float:
-        return float(np.mean(self.returns))
+        return float(np.mean(self.returns)) if self.returns else math.nan
 
     @property
     def return_std(self) -> float:
-        return float(np.std(self.returns))
+        return float(np.std(self.returns)) if self.returns else math.nan
+
+    def by_version(self) -> dict[str, dict]:
+        """Episodes, mean and std of the return per model version: a run that spans an
+        upgrade is two results, never one mean over two models."""
+        out: dict[str, list[float]] = {}
+        for v, r in zip(self.versions, self.returns):
+            out.setdefault(v, []).append(r)
+        return {v: {"episodes": len(rs), "return_mean": float(np.mean(rs)),
+                    "return_std": float(np.std(rs))} for v, rs in out.items()}
 
     @property
     def normalized_score(self) -> float | None:
@@ -49,14 +65,22 @@ class EvalResult:
 
     @property
     def mean_length(self) -> float:
-        return float(np.mean(self.lengths))
+        return float(np.mean(self.lengths)) if self.lengths else math.nan
 
     def to_json(self) -> dict:
-        """The object `vidt eval --json` prints."""
-        return {"episodes": len(self.returns), "return_mean": self.return_mean,
-                "return_std": self.return_std, "normalized_score": self.normalized_score,
-                "mean_length": self.mean_length, "latency_ms": dict(self.latency_ms),
+        """The object `vidt eval --json` prints (NaN for means over no episode: null)."""
+        def num(x):
+            return None if x is None or math.isnan(x) else x
+
+        return {"episodes": len(self.returns), "return_mean": num(self.return_mean),
+                "return_std": num(self.return_std),
+                "normalized_score": num(self.normalized_score) if self.returns else None,
+                "mean_length": num(self.mean_length), "latency_ms": {
+                    k: num(v) for k, v in self.latency_ms.items()},
                 "returns": list(self.returns), "lengths": list(self.lengths),
+                "model_versions": list(self.versions), "by_version": self.by_version(),
+                "failed": len(self.failed), "failures": list(self.failed),
+                "not_run": self.not_run,
                 "failovers": self.failovers}
 
 
@@ -99,14 +123,53 @@ def evaluate(client: PolicyClient, env_id: str, episodes: int, *,
         run = partial(_run_single, record_dir=record_dir, record_episodes=record_episodes)
     else:
         run = partial(_run_vector, num_envs=num_envs)
-    returns, lengths, lat = run(client, info, env_id, episodes, target_return, seed,
-                                on_episode or (lambda r, n: None))
-    return EvalResult(env_id, tuple(returns), tuple(lengths), _percentiles(lat), num_envs,
-                      len(lat), client.failovers - failovers_before)
+    out = _Episodes(on_episode or (lambda r, n: None))
+    lat: list[float] = []
+    try:
+        lat = run(client, info, env_id, episodes, target_return, seed, out, lat)
+    except ServerError as e:  # no session could be opened: keep what was measured so far
+        out.fail(["opening a session"], e)
+    return EvalResult(env_id, tuple(out.returns), tuple(out.lengths), _percentiles(lat),
+                      num_envs, len(lat), client.failovers - failovers_before,
+                      tuple(out.versions), tuple(out.failed),
+                      max(0, episodes - len(out.returns) - len(out.failed)))
 
 
-def _run_single(client, info, env_id, episodes, target_return, seed, on_episode,
-                record_dir=None, record_episodes=0):
+class _Episodes:
+    """What became of each episode: finished (return, length, model version) or failed (why).
+    A failed episode is counted and the run goes on."""
+
+    def __init__(self, on_episode: Callable[[float, int], None]):
+        self.on_episode = on_episode
+        self.returns: list[float] = []
+        self.lengths: list[int] = []
+        self.versions: list[str] = []
+        self.failed: list[str] = []
+
+    def finished(self, ret: float, length: int, version: str) -> None:
+        self.failures_in_a_row = 0
+        self.returns.append(float(ret))
+        self.lengths.append(int(length))
+        self.versions.append(version)
+        self.on_episode(self.returns[-1], self.lengths[-1])
+
+    def fail(self, episodes: list[str], e: ServerError) -> None:
+        """The `episodes` (descriptions) failed together, of one error."""
+        log.warning("%s failed: %s", ", ".join(episodes), e)
+        self.failed += [f"{what}: {e}" for what in episodes]
+        self.failures_in_a_row += 1
+
+    failures_in_a_row = 0  # reset by each finished episode
+
+    @property
+    def server_gone(self) -> bool:
+        """Several failures with no episode finished between them: the server (or every
+        replica) is down, and the rest would only wait out the client's failover timeout."""
+        return self.failures_in_a_row >= GIVE_UP_AFTER
+
+
+def _run_single(client, info, env_id, episodes, target_return, seed, out: _Episodes,
+                lat: list[float], record_dir=None, record_episodes=0) -> list[float]:
     from vidt.envs.recording import GifRecorder, use_offscreen_gl
 
     if record_dir is not None:
@@ -116,31 +179,34 @@ def _run_single(client, info, env_id, episodes, target_return, seed, on_episode,
     try:
         check_compatible(info, env_id, env)
         limit = (env.spec.max_episode_steps if env.spec else None) or MAX_STEPS_WITHOUT_LIMIT
-        returns, lengths, lat = [], [], []
         for e in range(episodes):
+            if out.server_gone:
+                break
             obs, _ = env.reset(seed=seed + e)
             ret, n, reward = 0.0, 0, 0.0
             rec = None
             if record_dir is not None and e < record_episodes:
                 rec = GifRecorder(env.metadata.get("render_fps"))
                 rec.add(_render(env))
-            with client.session(target_return) as s:
-                while n < limit:
-                    t0 = time.perf_counter()
-                    action = s.act(obs, reward)
-                    lat.append(time.perf_counter() - t0)
-                    obs, reward, terminated, truncated, _ = env.step(action)
-                    ret, n = ret + float(reward), n + 1
-                    if rec is not None:
-                        rec.add(_render(env))
-                    if terminated or truncated:
-                        break
+            try:
+                with client.session(target_return) as s:
+                    while n < limit:
+                        t0 = time.perf_counter()
+                        action = s.act(obs, reward)
+                        lat.append(time.perf_counter() - t0)
+                        obs, reward, terminated, truncated, _ = env.step(action)
+                        ret, n = ret + float(reward), n + 1
+                        if rec is not None:
+                            rec.add(_render(env))
+                        if terminated or truncated:
+                            break
+            except ServerError as err:
+                out.fail([f"episode {e} (seed {seed + e}, step {n})"], err)
+                continue
             if rec is not None:
                 rec.save(Path(record_dir) / f"{env_id.replace('/', '-')}-seed{seed + e}.gif")
-            returns.append(ret)
-            lengths.append(n)
-            on_episode(ret, n)
-        return returns, lengths, lat
+            out.finished(ret, n, s.model_version)
+        return lat
     finally:
         env.close()
 
@@ -160,7 +226,8 @@ def _render(env):
             f"(libosmesa6 and MUJOCO_GL=osmesa)") from None
 
 
-def _run_vector(client, info, env_id, episodes, target_return, seed, on_episode, num_envs):
+def _run_vector(client, info, env_id, episodes, target_return, seed, out: _Episodes,
+                lat: list[float], num_envs) -> list[float]:
     import gymnasium as gym
 
     M = num_envs
@@ -176,16 +243,34 @@ def _run_vector(client, info, env_id, episodes, target_return, seed, on_episode,
         obs, _ = envs.reset(seed=seed)  # sub-env i gets seed + i
         active = [i < episodes for i in range(M)]
         started = sum(active)
-        returns, lengths, lat = [], [], []
         ep_ret, ep_len, rewards = np.zeros(M), np.zeros(M, dtype=int), np.zeros(M)
         with client.sessions(M, target_return) as batch:
+
+            def next_episode(i: int) -> None:  # sub-env i's episode ended, one way or another
+                nonlocal started
+                ep_ret[i], ep_len[i], rewards[i] = 0.0, 0, 0.0
+                if started < episodes:
+                    batch.reset(i)
+                    started += 1
+                else:
+                    active[i] = False
+                    batch.sessions[i].__exit__(None)
+
             for i in range(M):
                 if not active[i]:
                     batch.sessions[i].__exit__(None)
-            while any(active):
+            while any(active) and not out.server_gone:
                 idx = [i for i in range(M) if active[i]]
                 t0 = time.perf_counter()
-                acts = batch.act(obs[idx], rewards[idx], idx)  # (m, A)
+                try:
+                    acts = batch.act(obs[idx], rewards[idx], idx)  # (m, A)
+                except ServerError as err:  # every episode of the call fails; the run goes on
+                    out.fail([f"sub-env {i}'s episode (step {ep_len[i]})" for i in idx], err)
+                    for i in idx:
+                        batch.sessions[i].__exit__(ServerError, err, None)  # closed, quietly
+                        obs[i], _ = envs.envs[i].reset()
+                        next_episode(i)
+                    continue
                 lat.append(time.perf_counter() - t0)
                 full = np.zeros((M, A), dtype=np.float32)
                 full[idx] = acts
@@ -193,18 +278,9 @@ def _run_vector(client, info, env_id, episodes, target_return, seed, on_episode,
                 for i in idx:
                     ep_ret[i] += rewards[i]
                     ep_len[i] += 1
-                    if not (terminated[i] or truncated[i] or ep_len[i] >= limit):
-                        continue
-                    returns.append(float(ep_ret[i]))
-                    lengths.append(int(ep_len[i]))
-                    on_episode(returns[-1], lengths[-1])
-                    ep_ret[i], ep_len[i], rewards[i] = 0.0, 0, 0.0
-                    if started < episodes:
-                        batch.reset(i)
-                        started += 1
-                    else:
-                        active[i] = False
-                        batch.sessions[i].__exit__(None)
-        return returns, lengths, lat
+                    if terminated[i] or truncated[i] or ep_len[i] >= limit:
+                        out.finished(ep_ret[i], ep_len[i], batch.sessions[i].model_version)
+                        next_episode(i)
+        return lat
     finally:
         envs.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_util import free_port, health_status, make_policy_onnx, running_server
+from serving_util import NumpyActor, free_port, health_status, make_policy_onnx, running_server
 
 from vidt.envs import make_env
 from vidt.serving.client import PolicyClient, ServerError
@@ -77,7 +77,12 @@ def test_eval_json_single_and_vector(run_cli, dt_policy_file):
         assert r.exit_code == 0, r.stderr
         one = json.loads(r.stdout)
         assert set(one) == {"episodes", "return_mean", "return_std", "normalized_score",
-                            "mean_length", "latency_ms", "returns", "lengths", "failovers"}
+                            "mean_length", "latency_ms", "returns", "lengths", "failovers",
+                            "model_versions", "by_version", "failed", "failures", "not_run"}
+        version = policy.metadata.model_version
+        assert one["model_versions"] == [version] * 2 and one["failed"] == 0
+        assert one["by_version"] == {version: {"episodes": 2, "return_mean": one["return_mean"],
+                                               "return_std": one["return_std"]}}
         assert one["episodes"] == 2 and one["mean_length"] == 200.0
         assert one["lengths"] == [200, 200] and one["failovers"] == 0
         assert one["return_mean"] == pytest.approx(np.mean(one["returns"]))
@@ -95,6 +100,46 @@ def test_eval_json_single_and_vector(run_cli, dt_policy_file):
         r = run_cli("eval", "--server", srv.address, "--env", "Pendulum-v1", "--episodes", "1",
                     "--no-progress")
         assert r.exit_code == 0 and "normalized score" in r.stdout and "p99" in r.stdout
+
+
+class _FailingActor(NumpyActor):
+    """A policy whose inference fails on the calls named: the server answers INTERNAL."""
+
+    def __init__(self, fail_on: set[int]):
+        super().__init__(obs_dim=3, act_dim=1, K=4, eval_len=3, low=-2.0, high=2.0)
+        self.fail_on, self.calls = fail_on, 0
+
+    def predict(self, inputs):
+        self.calls += 1
+        if self.calls in self.fail_on:
+            raise RuntimeError("the accelerator fell off the bus")
+        return super().predict(inputs)
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_eval_counts_a_failed_episode_goes_on_and_exits_1(run_cli, num_envs):
+    """One inference fails mid-run: its episodes are counted as failed, the others finish
+    and are reported (those of a single env exactly as in an undisturbed run), and the exit
+    status says the run was not whole."""
+    args = ["eval", "--env", "Pendulum-v1", "--episodes", "4", "--num-envs", str(num_envs),
+            "--seed", "3", "--json"]
+    with running_server(_FailingActor(set())) as srv:
+        clean = json.loads(run_cli(*args, "--server", srv.address).stdout)
+    assert clean["episodes"] == 4 and clean["failed"] == 0
+    with running_server(_FailingActor({250})) as srv:  # in the 2nd episode (one env)
+        r = run_cli(*args, "--server", srv.address)
+    assert r.exit_code == 1 and "episode(s) failed" in r.stderr, r.stderr
+    got = json.loads(r.stdout)
+    assert got["failed"] == num_envs and len(got["failures"]) == num_envs
+    assert got["episodes"] == 4 - num_envs and got["not_run"] == 0
+    assert all("INTERNAL" in why for why in got["failures"])
+    if num_envs == 1:
+        assert got["returns"] == [clean["returns"][0], *clean["returns"][2:]]
+        assert "episode 1 (seed 4" in got["failures"][0]
+    # Human output: the finished episodes, then what failed.
+    with running_server(_FailingActor({250})) as srv:
+        r = run_cli(*args[:-1], "--no-progress", "--server", srv.address)
+    assert r.exit_code == 1 and "failed: " in r.stdout and "return" in r.stdout
 
 
 def test_eval_fails_clearly_on_a_mismatched_env(run_cli, tiny_pendulum_file, tmp_path):
