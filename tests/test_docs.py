@@ -39,7 +39,9 @@ RUN_BY = {
         "test_serving_doc_serve_health_reflection_metrics",
     ("README.md", "vidt sweep pendulum.toml --dry-run   # the runs and their directories; checks the whole file"):
         "test_readme_many_runs",
-    ("docs/serving.md", "python deploy/haproxy/replicas.py --model policy.onnx -n 3 --port 50051   # Ctrl-C stops all"):
+    ("docs/serving.md", "python deploy/haproxy/replicas.py --model policy.onnx -n 3 --port 50051 \\"):
+        "test_serving_doc_replicas_behind_haproxy",
+    ("docs/serving.md", '  python deploy/haproxy/replicas.py admin runs/replicas/haproxy.sock "set server vidt/r1 state drain"'):
         "test_serving_doc_replicas_behind_haproxy",
     ("docs/serving.md", "vidt eval --server 127.0.0.1:50051 --env Pendulum-v1 --episodes 4"):
         "test_serving_doc_replicas_behind_haproxy",
@@ -199,6 +201,17 @@ def test_serving_doc_replicas_behind_haproxy(tmp_path):
                              env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["episodes"] == 4
+        # The documented drain, against the socket the launcher made in its --workdir.
+        drain = cut(block("docs/serving.md", "  python deploy/haproxy/replicas.py admin"),
+                    ("deploy/", f"{ROOT}/deploy/"))
+        out = subprocess.run(["bash", "-c", drain.strip()], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        stat = subprocess.run([sys.executable, f"{ROOT}/deploy/haproxy/replicas.py", "admin",
+                               "runs/replicas/haproxy.sock", "show stat"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60).stdout
+        assert any(line.startswith("vidt,r1,") and ",DRAIN," in line
+                   for line in stat.splitlines()), stat
         proc.send_signal(signal.SIGINT)  # "Ctrl-C stops all"
         assert proc.wait(timeout=30) == 0
         leftover = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], capture_output=True)

@@ -1,8 +1,13 @@
 """N `vidt serve` replicas of one model behind HAProxy, on this machine's loopback: for trying
 the many-robots setup on one machine, and for the tests that kill replicas under load.
 
-    python deploy/haproxy/replicas.py --model policy.onnx -n 3 --port 50051
+    python deploy/haproxy/replicas.py --model policy.onnx -n 3 --port 50051 \
+        --workdir runs/replicas [-- SERVE_OPTIONS...]
     vidt eval --server 127.0.0.1:50051 --episodes 10     # in another shell
+    python deploy/haproxy/replicas.py admin runs/replicas/haproxy.sock "show stat"
+
+The options after `--` go to every `vidt serve` (e.g. `-- --auth-token-file token.txt`).
+`admin SOCKET COMMAND` sends one command to HAProxy's admin socket (what `socat` would).
 
 The proxy's configuration is deploy/haproxy/haproxy.cfg with its bind, server and socket lines
 rewritten for the ports chosen here; nothing else changes. Ctrl-C stops everything. Needs
@@ -66,7 +71,9 @@ class Replica:
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
-    def start(self) -> Replica:
+    def start(self, model: str | None = None) -> Replica:
+        """Start (again) on the same ports; on `model` from now on when given."""
+        self.model = model or self.model
         self.starts += 1
         log = open(self.log_dir / f"{self.name}-{self.starts}.log", "w")  # noqa: SIM115
         cmd = [sys.executable, "-m", "vidt.cli.main", "serve", "--model", self.model,
@@ -134,7 +141,7 @@ class Replicas:
                          for i in range(n)]
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.admin_socket = str(self.dir / "haproxy.sock")
+        self.admin_socket = str(self.dir.resolve() / "haproxy.sock")  # haproxy: absolute
         self.config = self.dir / "haproxy.cfg"
         self.config.write_text(render(CONFIG.read_text(), self.port,
                                       [(r.port, r.metrics_port) for r in self.replicas],
@@ -160,14 +167,7 @@ class Replicas:
 
     # ---- HAProxy's admin socket -------------------------------------------------------------
     def admin(self, command: str) -> str:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(self.admin_socket)
-            s.sendall(command.encode() + b"\n")
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode()
+        return admin(self.admin_socket, command)
 
     def states(self) -> dict[str, str]:
         """Replica name -> HAProxy's view: 'UP', 'DOWN', 'DRAIN', 'MAINT', ..."""
@@ -218,14 +218,34 @@ class Replicas:
                                    f"{self.states()}")
             time.sleep(0.05)
 
-    def restart(self, i: int, timeout: float = 60.0) -> Replica:
-        """Start replica i again on its ports (after it was killed or stopped) and wait until
-        HAProxy sees it UP."""
+    def restart(self, i: int, timeout: float = 60.0, model: str | Path | None = None) -> Replica:
+        """Start replica i again on its ports (after it was killed or stopped), on `model`
+        when given, and wait until HAProxy sees it UP. A state set through the admin socket
+        (drain, maint) outlives the process in HAProxy: the new process is put back in
+        rotation."""
         r = self.replicas[i]
         r.stop()
-        r.start().wait_ready(timeout)
+        r.start(None if model is None else str(model)).wait_ready(timeout)
+        self.admin(f"set server {BACKEND}/{r.name} state ready")
         self.wait_up([r.name], timeout)
         return r
+
+    def supervise_once(self, log=print) -> list[str]:
+        """Restart every replica whose process has exited; one that fails to come back is
+        reported (and tried again on the next call), never a reason to stop the others.
+        Returns the names that are still down."""
+        down = []
+        for i, r in enumerate(self.replicas):
+            if r.proc is not None and r.proc.poll() is None:
+                continue
+            log(f"{r.name} exited ({r.proc.returncode if r.proc else 'never started'}); "
+                "restarting")
+            try:
+                self.restart(i)
+            except RuntimeError as e:
+                log(f"{r.name} did not come back: {e}")
+                down.append(r.name)
+        return down
 
     def stop(self) -> None:
         if self.haproxy is not None and self.haproxy.poll() is None:
@@ -246,7 +266,34 @@ class Replicas:
         self.stop()
 
 
+def admin(socket_path: str, command: str) -> str:
+    """One command to HAProxy's admin socket; its answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(socket_path)
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["admin"]:
+        if len(argv) != 3:
+            print("usage: replicas.py admin SOCKET COMMAND", file=sys.stderr)
+            return 2
+        try:
+            print(admin(argv[1], argv[2]), end="")
+        except OSError as e:
+            print(f"error: {argv[1]}: {e.strerror or e}", file=sys.stderr)
+            return 1
+        return 0
+    serve_args = ["--ort-threads", "1"]
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, serve_args = argv[:cut], serve_args + argv[cut + 1:]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="the exported policy.onnx every replica serves")
@@ -260,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.n < 1:
         p.error("-n must be >= 1")
     try:
-        cluster = Replicas(a.model, a.n, port=a.port, workdir=a.workdir).start()
+        cluster = Replicas(a.model, a.n, port=a.port, workdir=a.workdir,
+                           serve_args=tuple(serve_args)).start()
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -275,11 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config and logs in {cluster.dir}; admin socket {cluster.admin_socket}\n"
               "Ctrl-C stops all.", flush=True)
         while not stop:
-            for r in cluster.replicas:
-                if r.proc.poll() is not None:
-                    print(f"{r.name} exited ({r.proc.returncode}); restarting", flush=True)
-                    cluster.restart(cluster.replicas.index(r))
-            time.sleep(0.5)
+            down = cluster.supervise_once(lambda msg: print(msg, flush=True))
+            time.sleep(5.0 if down else 0.5)  # a replica that will not start: try less often
     finally:
         cluster.stop()
     return 0

@@ -316,3 +316,50 @@ def test_haproxy_admin_drain_sends_new_keys_elsewhere_while_old_episodes_finish(
         finally:
             cluster.admin(f"set server vidt/{home} state ready")
             cluster.wait_up([home])
+
+
+def test_a_drained_replica_restarted_comes_back_in_rotation(cluster):
+    """HAProxy keeps a state set through its admin socket (drain) across the process's
+    restart: restart() puts the new process back in rotation instead of waiting for ever."""
+    r = cluster.replicas[1]
+    cluster.admin(f"set server vidt/{r.name} state drain")
+    cluster.wait_state(r.name, "DRAIN")
+    cluster.restart(1, timeout=30)
+    assert cluster.states()[r.name] == "UP"
+
+
+def test_a_replica_that_will_not_start_leaves_the_others_serving(cluster, tmp_path):
+    """The launcher's supervision: a replica that fails to come back (here, restarted onto a
+    broken file) is reported and retried, and the others go on serving through the proxy."""
+    r = cluster.replicas[2]
+    good = r.model
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    r.model = str(broken)
+    r.signal(signal.SIGKILL)
+    r.proc.wait(10)
+    said = []
+    try:
+        assert cluster.supervise_once(said.append) == [r.name]
+        assert any("did not come back" in s for s in said), said
+        assert cluster.haproxy.poll() is None
+        assert all(o.proc.poll() is None for o in cluster.replicas if o is not r)
+        obs = np.zeros(3, np.float32)
+        for k in range(4):  # new episodes still served, by the replicas that are up
+            with PolicyClient(cluster.address, route=f"after-{k}") as c, c.session() as s:
+                s.act(obs)
+    finally:
+        r.model = good
+        assert cluster.supervise_once(said.append) == []
+    assert cluster.states()[r.name] == "UP"
+
+
+def test_the_admin_command_reaches_haproxy_without_socat(cluster):
+    script = Path(REPLICAS.__file__)
+    p = subprocess.run([sys.executable, str(script), "admin", cluster.admin_socket,
+                        "show stat"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert all(f"vidt,{r.name}," in p.stdout for r in cluster.replicas)
+    p = subprocess.run([sys.executable, str(script), "admin", "/nonexistent.sock", "show stat"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and p.stderr.startswith("error: /nonexistent.sock")
