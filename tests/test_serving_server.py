@@ -329,6 +329,28 @@ def test_failover_at_every_step_goes_on_exactly_and_closes_with_the_same_summary
         assert c.failovers == n - 1
 
 
+def test_an_episode_never_resumes_onto_another_model(policy, tmp_path):
+    """One address, its server replaced twice (v1, then v2, then v1 again), one long-lived
+    client: the v2 episode's resume on the v1 server is refused, never continued on v1."""
+    v2 = OnnxPolicy(make_policy_onnx(tmp_path / "v2.onnx", obs_dim=3, act_dim=2, K=4,
+                                     eval_len=3, seed=1), provider="cpu", intra_op_threads=1)
+    assert v2.metadata.model_version != policy.metadata.model_version
+    obs, rew = episode(n=4)
+    port = free_port()
+    with PolicyClient(f"127.0.0.1:{port}", timeout_s=5, retries=0,
+                      failover_timeout_s=1.0) as c:
+        with running_server(policy, port=port):
+            c.session().act(obs[0])  # the client has seen v1
+        with running_server(v2, port=port):
+            s = c.session()  # a new episode, on v2
+            assert s.model_version == v2.metadata.model_version
+            s.act(obs[0], rew[0])
+        with running_server(policy, port=port), \
+                pytest.raises(ServerError, match="is not the model this server holds") as e:
+            s.act(obs[1], rew[1])  # v2's session is unknown here: the resume must be refused
+        assert code_of(e) == C.FAILED_PRECONDITION
+
+
 def test_failed_precondition_names_expected_step(client):
     obs, _ = episode(n=3)
     with client.session() as s:
