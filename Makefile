@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 
-.PHONY: install test lint proto bench soak demo clean gpu-check gpu-wheels results
+.PHONY: install test lint proto bench soak demo clean gpu-check gpu-wheels results \
+	image image-gpu image-base-offline image-smoke
 
 SOAK_SECONDS ?= 600
 
@@ -14,9 +15,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch first, pinned, so the project's range never pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	@touch $@
 
 install: $(STAMP)
@@ -72,3 +73,33 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The serving image (Dockerfile): Docker when its daemon answers, else podman (which keeps the
+# HEALTHCHECK only in Docker's format). Flags a machine needs go in from outside, e.g. on a VM
+# with hybrid cgroups, no CAP_SYS_RESOURCE and a TLS-inspecting proxy (docs/deploy.md):
+#   make image ENGINE=podman BUILD_FLAGS="--runtime runc --ulimit nofile=20000:20000 ..."
+ENGINE      ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+IMAGE       ?= vidt-serve
+BASE        ?= python:3.11-slim
+GPU_BASE    ?= nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+OFFLINE_BASE = localhost/vidt-base:bookworm
+BUILD_FLAGS ?=
+RUN_FLAGS   ?=
+FORMAT       = $(if $(findstring podman,$(ENGINE)),--format docker)
+
+image:
+	$(ENGINE) build $(FORMAT) $(BUILD_FLAGS) --build-arg BASE=$(BASE) -t $(IMAGE):cpu .
+
+image-gpu:
+	$(ENGINE) build $(FORMAT) $(BUILD_FLAGS) --build-arg BASE=$(GPU_BASE) \
+		--build-arg ORT_PACKAGE=onnxruntime-gpu -t $(IMAGE):gpu .
+
+# No registry: the base from Debian's packages (mmdebstrap), then the CPU image on it.
+image-base-offline:
+	ENGINE=$(ENGINE) docker/base-offline.sh $(OFFLINE_BASE)
+	$(MAKE) image BASE=$(OFFLINE_BASE)
+
+# Run the image with an exported model and a token on a free loopback port, as a user would.
+image-smoke: $(STAMP)
+	$(BIN)/python scripts/image_smoke.py --engine $(ENGINE) --image $(IMAGE):cpu \
+		--run-flags "$(RUN_FLAGS)"

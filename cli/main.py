@@ -14,23 +14,36 @@ from vidt.errors import VidtError
 
 from .options import debug_enabled
 
-# name -> (module, attribute, one-line help). A command whose module is absent is not listed:
-# nothing pretends to exist before it is built.
+# name -> (module, attribute, one-line help, what it needs beyond a serving install). A command
+# whose module is absent is not listed: nothing pretends to exist before it is built. One whose
+# needs are missing (the serving image has no torch, Ray, Minari or matplotlib) is not listed
+# either, and asking for it says so in one line.
 COMMANDS = {
-    "collect": ("vidt.cli.collect", "collect", "Record a dataset from an env and a policy."),
-    "datasets": ("vidt.cli.datasets", "datasets", "Inspect datasets."),
-    "envs": ("vidt.cli.envs", "envs", "List the envs vidt has settings for."),
-    "train": ("vidt.cli.train", "train", "Pretrain offline and finetune online: ViDT, ODT, TD3."),
-    "export": ("vidt.cli.export", "export", "Export a trained actor to one ONNX file."),
-    "serve": ("vidt.cli.serve", "serve", "Serve an ONNX policy over gRPC."),
-    "eval": ("vidt.cli.eval", "eval_cmd", "Run Gymnasium episodes against a live server."),
-    "sweep": ("vidt.cli.sweep", "sweep", "Run a grid of trainings as Ray tasks."),
-    "report": ("vidt.cli.report", "report", "Tables, statistics and curves over many runs."),
+    "collect": ("vidt.cli.collect", "collect", "Record a dataset from an env and a policy.",
+                ("tqdm", "minari", "h5py")),
+    "datasets": ("vidt.cli.datasets", "datasets", "Inspect datasets.", ("minari", "h5py")),
+    "envs": ("vidt.cli.envs", "envs", "List the envs vidt has settings for.", ()),
+    "train": ("vidt.cli.train", "train", "Pretrain offline and finetune online: ViDT, ODT, TD3.",
+              ("torch", "tqdm", "minari", "h5py")),
+    "export": ("vidt.cli.export", "export", "Export a trained actor to one ONNX file.",
+               ("torch", "onnx", "tqdm")),
+    "serve": ("vidt.cli.serve", "serve", "Serve an ONNX policy over gRPC.", ()),
+    "eval": ("vidt.cli.eval", "eval_cmd", "Run Gymnasium episodes against a live server.",
+             ("tqdm",)),
+    "sweep": ("vidt.cli.sweep", "sweep", "Run a grid of trainings as Ray tasks.",
+              ("ray", "torch")),
+    "report": ("vidt.cli.report", "report", "Tables, statistics and curves over many runs.",
+               ("matplotlib",)),
 }
 
 
-def _available() -> dict[str, tuple[str, str, str]]:
-    return {n: c for n, c in COMMANDS.items() if importlib.util.find_spec(c[0]) is not None}
+def _missing(needs: tuple[str, ...]) -> list[str]:
+    return [m for m in needs if importlib.util.find_spec(m) is None]
+
+
+def _available() -> dict[str, tuple]:
+    return {n: c for n, c in COMMANDS.items()
+            if importlib.util.find_spec(c[0]) is not None and not _missing(c[3])}
 
 
 class LazyGroup(click.Group):
@@ -40,6 +53,12 @@ class LazyGroup(click.Group):
     def get_command(self, ctx, name):
         entry = _available().get(name)
         if entry is None:
+            known = COMMANDS.get(name)
+            if known is not None and importlib.util.find_spec(known[0]) is not None:
+                raise click.ClickException(
+                    f"`vidt {name}` needs {', '.join(_missing(known[3]))}, which this "
+                    "installation lacks (a serving-only one, such as the serving image): "
+                    "install vidt with its training dependencies (pip install vidt)")
             return None
         return getattr(importlib.import_module(entry[0]), entry[1])
 

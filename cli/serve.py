@@ -35,7 +35,9 @@ def _read_token(path: str | None) -> str | None:
 @click.option("--host", default=DEFAULTS["host"], show_default=True,
               help="Address to listen on. Beyond loopback needs TLS or a token (or --insecure).")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULTS["port"], show_default=True,
-              help="Port to listen on (0: any free one).")
+              envvar="VIDT_PORT", show_envvar=True,
+              help="Port to listen on (0: any free one). The image's HEALTHCHECK reads the "
+                   "same VIDT_PORT.")
 @click.option("--max-sessions", type=click.IntRange(min=1), default=DEFAULTS["max_sessions"],
               show_default=True,
               help="Open sessions at most; more get RESOURCE_EXHAUSTED.")

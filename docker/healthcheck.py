@@ -1,6 +1,7 @@
 """Docker HEALTHCHECK: exit 0 when the server's grpc health service says SERVING.
 
-usage: healthcheck.py HOST:PORT   (TLS when /run/secrets/tls.crt exists)
+usage: healthcheck.py [HOST:PORT]   (default 127.0.0.1:$VIDT_PORT, the port `vidt serve` reads
+from the same variable; TLS when /run/secrets/tls.crt exists)
 """
 
 import os
@@ -13,7 +14,8 @@ CERT = os.environ.get("VIDT_TLS_CERT", "/run/secrets/tls.crt")
 
 
 def main() -> int:
-    address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
+    address = (sys.argv[1] if len(sys.argv) > 1
+               else f"127.0.0.1:{os.environ.get('VIDT_PORT', '50051')}")
     if os.path.exists(CERT):
         with open(CERT, "rb") as f:
             creds = grpc.ssl_channel_credentials(root_certificates=f.read())

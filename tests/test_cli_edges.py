@@ -191,7 +191,7 @@ def test_every_option_teaches_something():
     from vidt.cli.main import COMMANDS
 
     bare = []
-    for name, (module, attr, _) in COMMANDS.items():
+    for name, (module, attr, _, _needs) in COMMANDS.items():
         cmd = getattr(importlib.import_module(module), attr)
         cmds = cmd.commands.values() if isinstance(cmd, click.Group) else [cmd]
         for c in cmds:
@@ -363,3 +363,18 @@ def test_eval_records_a_classic_control_episode(run_cli, tmp_path):
         assert im.is_animated and im.n_frames > 2
         im.seek(im.n_frames // 2)
         assert len(np.unique(np.asarray(im.convert("L")))) > 2  # the pendulum drawn, not a blank
+
+
+def test_a_serving_only_install_lists_what_it_can_run_and_says_what_the_rest_needs():
+    """As in the serving image (no torch, Ray, Minari, matplotlib): those commands are absent
+    from --help, and asking for one is one line naming what is missing, exit 1."""
+    block = "import sys\nfor m in ('torch', 'ray', 'minari', 'matplotlib'): sys.modules[m] = None\n"
+    run = [sys.executable, "-c", block + "from vidt.cli.main import main\nmain(sys.argv[1:])"]
+    p = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    listed = p.stdout.split("Commands:")[1].split()
+    assert {"serve", "eval", "envs"} <= set(listed)
+    assert not {"train", "export", "sweep", "collect", "report"} & set(listed)
+    p = subprocess.run([*run, "train", "--help"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and "needs torch" in p.stderr

@@ -1,6 +1,7 @@
-"""The Dockerfile cannot be built here (base images cannot be pulled), so check what can be:
-every path it copies exists, its serving requirements match the project's, and its
-entrypoint with its default command parses as `vidt serve` arguments."""
+"""What can be checked of the Dockerfile without building it (tests/test_image.py runs a built
+image where an engine and the image are present): every path it copies exists, its serving
+requirements match the project's, and its entrypoint with its default command parses as
+`vidt serve` arguments."""
 
 import json
 import re

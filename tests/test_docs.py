@@ -49,9 +49,17 @@ RUN_BY = {
         "test_security_doc_tls_and_token",
     ("SECURITY.md", "from vidt.serving.client import PolicyClient"): "test_security_doc_tls_and_token",
     ("SECURITY.md", "docker run -p 50051:50051 \\"):
-        "not run: needs a Docker engine and a pulled CUDA base image (neither here); "
-        "test_docker.py checks the Dockerfile's paths and entrypoint, and "
-        "test_security_doc_tls_and_token runs the same serve flags without Docker",
+        "not run: as written it needs an engine; tests/test_image.py runs the image (make image-smoke) with a "
+        "token mounted the same way, where an engine and the image are present; "
+        "test_security_doc_tls_and_token runs the same serve flags without a container",
+    ("docs/deploy.md", 'make image-base-offline ENGINE=podman BUILD_FLAGS="--runtime runc --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 -v $SSL_CERT_FILE:$SSL_CERT_FILE:ro --build-arg PIP_CERT=$SSL_CERT_FILE"'):
+        "not run: it builds an image (minutes, a container engine); tests/test_image.py runs "
+        "what the second line runs, on the image the first builds",
+    ("docs/deploy.md", "docker run -p 50051:50051 -v $PWD/policy.onnx:/models/policy.onnx:ro \\"):
+        "not run: as written it needs Docker; tests/test_image.py runs the image the same way",
+    ("SECURITY.md", "chgrp 10001 tls.key vidt_token && chmod 640 tls.key vidt_token"):
+        "not run: it needs root or the group; scripts/image_smoke.py, which "
+        "tests/test_image.py runs, gives its token the same owner group and mode",
 }
 
 

@@ -281,3 +281,22 @@ def test_graph_missing_an_input(tmp_path, files):
     onnx.save(m, str(out))
     with pytest.raises(ModelFileError, match=r"missing \['mask'\]"):
         OnnxPolicy(out)
+
+
+def test_onnxruntime_gpu_without_a_driver_says_why_it_runs_on_the_cpu(monkeypatch, caplog):
+    """The GPU image on a machine without a GPU: one warning at start, then the CPU."""
+    import onnxruntime as ort
+
+    import vidt.policy_file as pf
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(pf, "_gpu_visible", lambda: False)
+    with caplog.at_level("WARNING", logger="vidt.policy_file"):
+        assert pf._providers("auto") == ["CPUExecutionProvider"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "onnxruntime-gpu is installed but no NVIDIA driver is visible "
+        "(/proc/driver/nvidia/version, /dev/nvidiactl): running on the CPU"]
+    caplog.clear()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert pf._providers("auto") == ["CPUExecutionProvider"] and not caplog.records

@@ -291,6 +291,9 @@ def _providers(provider: str) -> list[str]:
                           "install onnxruntime-gpu (pip install 'vidt[gpu]') instead of onnxruntime")
     if provider == "cuda" or (has_cuda and _gpu_visible()):
         return [CUDA, CPU]
+    if has_cuda:  # onnxruntime-gpu without a driver: say once why the CPU serves
+        log.warning("onnxruntime-gpu is installed but no NVIDIA driver is visible "
+                    "(/proc/driver/nvidia/version, /dev/nvidiactl): running on the CPU")
     return [CPU]
 
 
@@ -334,9 +337,13 @@ class OnnxPolicy:
         wanted = _providers(provider)
         self.session = _open_session(self.path, data, wanted, intra_op_threads, inter_op_threads)
         self.provider: str = self.session.get_providers()[0]
-        if provider.lower() == "cuda" and self.provider != CUDA:
-            raise ConfigError(f"provider 'cuda' asked for, but onnxruntime fell back to "
-                              f"{self.provider} (no usable GPU or CUDA libraries)")
+        if CUDA in wanted and self.provider != CUDA:
+            why = (f"onnxruntime fell back to {self.provider}: a GPU is visible but CUDA could "
+                   "not start (missing CUDA 13 / cuDNN 9 libraries? onnxruntime's log above "
+                   "says which)")
+            if provider.lower() == "cuda":
+                raise ConfigError(f"provider 'cuda' asked for, but {why}")
+            log.warning("%s", why)
         try:
             props = self.session.get_modelmeta().custom_metadata_map
         except UnicodeDecodeError as e:  # a corrupted file's metadata bytes
