@@ -38,10 +38,14 @@ from .serve import _read_token
 @click.option("--no-failover", is_flag=True,
               help="Fail when the server is lost, instead of resuming the episode through the "
                    "same address (a proxy's other replicas).")
+@click.option("--model-version", default="",
+              help="Run every episode on this model version (the server refuses one it does "
+                   "not hold)  [default: the server's current]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file, tls_ca,
-             timeout, record_dir, record_episodes, no_failover, as_json, no_progress):
+             timeout, record_dir, record_episodes, no_failover, model_version, as_json,
+             no_progress):
     """Run episodes of ENV against the policy served at --server and report returns,
     normalized score, episode lengths and Act latency.
 
@@ -68,7 +72,7 @@ def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file
                   disable=no_progress or None, leave=False) as bar:
             res = evaluate(client, env_id, episodes, target_return=target_return,
                            num_envs=num_envs, seed=seed, record_dir=record_dir,
-                           record_episodes=record_episodes,
+                           record_episodes=record_episodes, model_version=model_version,
                            on_episode=lambda ret, n: (bar.update(1),
                                                       bar.set_postfix(ret=f"{ret:.1f}")))
     if as_json:

@@ -228,8 +228,9 @@ class PolicyClient:
         server that does not hold it)."""
         return Session(self, target_return, model_version)
 
-    def sessions(self, n: int, target_return: float | None = None) -> SessionBatch:
-        return SessionBatch(self, n, target_return)
+    def sessions(self, n: int, target_return: float | None = None,
+                 model_version: str = "") -> SessionBatch:
+        return SessionBatch(self, n, target_return, model_version)
 
     def stream(self, target_return: float | None = None) -> StreamSession:
         return StreamSession(self, target_return)
@@ -345,12 +346,14 @@ class Session:
 class SessionBatch:
     """n sessions stepped together with ActBatch, e.g. one per sub-env of a vector env."""
 
-    def __init__(self, client: PolicyClient, n: int, target_return: float | None = None):
+    def __init__(self, client: PolicyClient, n: int, target_return: float | None = None,
+                 model_version: str = ""):
         self.client, self.target_return = client, target_return
+        self.model_version = model_version
         self.sessions: list[Session] = []
         try:
             for _ in range(n):
-                self.sessions.append(Session(client, target_return))
+                self.sessions.append(Session(client, target_return, model_version))
         except BaseException:
             self.close()
             raise
@@ -378,7 +381,7 @@ class SessionBatch:
         old = self.sessions[i]
         old.__exit__(None)
         self.sessions[i] = Session(self.client, self.target_return if target_return is None
-                                   else target_return)
+                                   else target_return, self.model_version)
         return self.sessions[i]
 
     def close(self) -> None:

@@ -108,11 +108,13 @@ def _percentiles(lat_s: list[float]) -> dict:
 def evaluate(client: PolicyClient, env_id: str, episodes: int, *,
              target_return: float | None = None, num_envs: int = 1, seed: int = 0,
              on_episode: Callable[[float, int], None] | None = None,
-             record_dir: str | Path | None = None, record_episodes: int = 1) -> EvalResult:
+             record_dir: str | Path | None = None, record_episodes: int = 1,
+             model_version: str = "") -> EvalResult:
     """Run `episodes` episodes of `env_id` against the server behind `client`.
     on_episode(return, length) is called as each episode finishes (progress bars).
     record_dir: the first `record_episodes` episodes are also written there as GIFs,
-    rendered offscreen (single env only)."""
+    rendered offscreen (single env only). model_version: run every episode on that version
+    (the server refuses a version it does not hold)."""
     if episodes < 1 or num_envs < 1:
         raise VidtError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
     if record_dir is not None and num_envs != 1:
@@ -120,9 +122,10 @@ def evaluate(client: PolicyClient, env_id: str, episodes: int, *,
     info = client.info()
     failovers_before = client.failovers
     if num_envs == 1:
-        run = partial(_run_single, record_dir=record_dir, record_episodes=record_episodes)
+        run = partial(_run_single, record_dir=record_dir, record_episodes=record_episodes,
+                      model_version=model_version)
     else:
-        run = partial(_run_vector, num_envs=num_envs)
+        run = partial(_run_vector, num_envs=num_envs, model_version=model_version)
     out = _Episodes(on_episode or (lambda r, n: None))
     lat: list[float] = []
     try:
@@ -169,7 +172,8 @@ class _Episodes:
 
 
 def _run_single(client, info, env_id, episodes, target_return, seed, out: _Episodes,
-                lat: list[float], record_dir=None, record_episodes=0) -> list[float]:
+                lat: list[float], record_dir=None, record_episodes=0,
+                model_version="") -> list[float]:
     from vidt.envs.recording import GifRecorder, use_offscreen_gl
 
     if record_dir is not None:
@@ -189,7 +193,7 @@ def _run_single(client, info, env_id, episodes, target_return, seed, out: _Episo
                 rec = GifRecorder(env.metadata.get("render_fps"))
                 rec.add(_render(env))
             try:
-                with client.session(target_return) as s:
+                with client.session(target_return, model_version) as s:
                     while n < limit:
                         t0 = time.perf_counter()
                         action = s.act(obs, reward)
@@ -227,7 +231,7 @@ def _render(env):
 
 
 def _run_vector(client, info, env_id, episodes, target_return, seed, out: _Episodes,
-                lat: list[float], num_envs) -> list[float]:
+                lat: list[float], num_envs, model_version="") -> list[float]:
     import gymnasium as gym
 
     M = num_envs
@@ -244,7 +248,7 @@ def _run_vector(client, info, env_id, episodes, target_return, seed, out: _Episo
         active = [i < episodes for i in range(M)]
         started = sum(active)
         ep_ret, ep_len, rewards = np.zeros(M), np.zeros(M, dtype=int), np.zeros(M)
-        with client.sessions(M, target_return) as batch:
+        with client.sessions(M, target_return, model_version) as batch:
 
             def next_episode(i: int) -> None:  # sub-env i's episode ended, one way or another
                 nonlocal started

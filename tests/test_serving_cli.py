@@ -142,6 +142,18 @@ def test_eval_counts_a_failed_episode_goes_on_and_exits_1(run_cli, num_envs):
     assert r.exit_code == 1 and "failed: " in r.stdout and "return" in r.stdout
 
 
+def test_eval_on_a_pinned_model_version(run_cli):
+    actor = _FailingActor(set())
+    args = ["eval", "--env", "Pendulum-v1", "--episodes", "2", "--json"]
+    with running_server(actor) as srv:
+        r = run_cli(*args, "--server", srv.address, "--model-version", "numpy")
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(r.stdout)["model_versions"] == ["numpy", "numpy"]
+        r = run_cli(*args, "--server", srv.address, "--model-version", "v-elsewhere")
+    assert r.exit_code == 1 and "model_version 'v-elsewhere' is not held" in r.stderr
+    assert json.loads(r.stdout)["episodes"] == 0
+
+
 def test_eval_fails_clearly_on_a_mismatched_env(run_cli, tiny_pendulum_file, tmp_path):
     with running_server(OnnxPolicy(tiny_pendulum_file, provider="cpu")) as srv:
         r = run_cli("eval", "--server", srv.address, "--env", "Hopper-v5", "--episodes", "1")
