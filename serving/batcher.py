@@ -142,13 +142,17 @@ class Batcher:
         try:
             return self._run([item], item.rows)
         finally:
-            with self._lock:
-                if self._queue:
-                    nxt = self._queue[0]
-                    nxt.lead = True
-                    nxt.wake.set()
-                else:
-                    self._busy = False
+            self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        """The model is free: the first caller queued meanwhile leads the next batch."""
+        with self._lock:
+            if self._queue:
+                nxt = self._queue[0]
+                nxt.lead = True
+                nxt.wake.set()
+            else:
+                self._busy = False
 
     def _lead(self) -> None:
         with self._lock:
@@ -167,13 +171,7 @@ class Batcher:
         except BaseException as e:  # every waiter must wake up, whatever happened
             for it in batch:
                 it.error = e
-        with self._lock:
-            if self._queue:
-                nxt = self._queue[0]
-                nxt.lead = True
-                nxt.wake.set()
-            else:
-                self._busy = False
+        self._pass_lead()
         for it in batch:
             it.finished = True
             if it.wake is not None:
