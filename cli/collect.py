@@ -36,6 +36,10 @@ def collect(env_id, policy, steps, seed, target_return, out, as_json):
     from vidt.data.collect import collect as run_collect
     from vidt.envs import normalized_score
 
+    # No tqdm monitor thread: collection forks its writer process only from a process with
+    # one thread (a fork beside other threads can inherit a held lock), and spawning instead
+    # costs ~0.7 s of imports.
+    tqdm.monitor_interval = 0
     with tqdm(total=steps, desc=f"collect {env_id}", unit="step", leave=False,
               disable=None) as bar:
         report = run_collect(env_id, out, steps, seed=seed, policy=policy,
