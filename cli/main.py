@@ -31,7 +31,7 @@ COMMANDS = {
     "eval": ("vidt.cli.eval", "eval_cmd", "Run Gymnasium episodes against a live server.",
              ("tqdm",)),
     "sweep": ("vidt.cli.sweep", "sweep", "Run a grid of trainings as Ray tasks.",
-              ("ray", "torch")),
+              ("torch",)),  # Ray is an extra of its own: `vidt sweep` says how to get it
     "report": ("vidt.cli.report", "report", "Tables, statistics and curves over many runs.",
                ("matplotlib",)),
 }

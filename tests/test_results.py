@@ -2,7 +2,7 @@
 RESULTS.md and README.md quote from a report is still in it.
 
 A quote is a Markdown table under a line `<!-- report: NAME -->`: each of its lines (the header
-and separator included) must be a line of benchmarks/sweeps/results/NAME/report.md as the
+and separator included) must be a line of NAME's report.md under benchmarks/sweeps/results as the
 committed runs make it today. Rows may be left out; none may be changed."""
 
 from __future__ import annotations
