@@ -426,7 +426,7 @@ class SessionStore:
             if obs.shape[0] != S:
                 raise InvalidArgument(f"{where(i)}observation has {obs.shape[0]} values, "
                                       f"expected {S}")
-            # A finite sum means finite values (~1 us less than the exact check alone).
+            # A finite sum means finite values; the exact check runs only when it is not.
             if not math.isfinite(obs.sum()) and not np.isfinite(obs).all():
                 raise InvalidArgument(f"{where(i)}observation has NaN or infinite values")
             if not math.isfinite(r.reward):
