@@ -4,7 +4,7 @@ two alternate and the ratio of medians is what counts).
 
     python benchmarks/collect_speed.py --env Hopper-v5 --steps 20000 --repeats 3
 
-Target (issue 2): at least 0.8x the plain loop.
+Target: at least 0.8x the plain loop.
 """
 
 from __future__ import annotations
