@@ -314,6 +314,7 @@ def test_datasets_a_sweep_collects_are_made_once_and_then_checked(tmp_path):
                  'name = "r"\ncollect = { policy = "random", steps = 400, seed = 2 }\n'
                  '[grid]\nalgos = ["odt"]\nseeds = [0]\n')
     spec = parse(f)
+    assert len(set(spec.points)) == len(spec.points)  # a rerun keeps points in a set
     said = []
     collect_missing(spec, said.append)
     data = tmp_path / "root" / "data" / "Pendulum-v1-r"

@@ -244,7 +244,7 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
             ray.init(num_cpus=os.cpu_count(), num_gpus=_local_gpus(), **kwargs)
     running: dict = {}  # ObjectRef -> (point, start)
     queue: list[Point] = []
-    resumed: set[Point] = set()  # had a config.json when submitted
+    resumed: set[Path] = set()  # run dirs that had a config.json when submitted
     # `kill PID` (SIGTERM) stops a sweep in the background as Ctrl-C does in a terminal.
     old_term = None
     if threading.current_thread() is threading.main_thread():
@@ -270,7 +270,7 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
                 p = queue.pop(0)
                 resume = (p.run_dir / "config.json").exists()
                 if resume:
-                    resumed.add(p)
+                    resumed.add(p.run_dir)
                 ref = task.remote(sweep.train_args(p, resume),
                                   str(log_path(sweep, p).absolute()), str(stop_file.absolute()),
                                   os.getcwd())
@@ -314,9 +314,9 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
         # task's answer not read yet) has finished, as `vidt report` and a rerun count it; one
         # whose trainer never wrote its config has not started.
         for p, r in said.items():
+            started = p.run_dir in resumed or (p.run_dir / "config.json").exists()
             status = ("finished" if is_finished(p.run_dir) else
-                      "not started" if p not in resumed and not (p.run_dir / "config.json").exists()
-                      else r["status"])
+                      "not started" if not started else r["status"])
             result.outcomes.append(Outcome(p, status, r.get("seconds", 0.0), log_path(sweep, p),
                                            r.get("detail", "")))
         for p in queue:

@@ -48,7 +48,9 @@ class Dataset:
     env_id: str
     name: str  # names the run directories; unique per env
     path: str | None  # None: the env's built-in data
-    collect: dict | None = None  # {policy, steps, seed}: made at `path` when missing
+    # {policy, steps, seed}: made at `path` when missing. Out of the hash (a dict has none),
+    # so that points, which hold their dataset, can be set members and dict keys.
+    collect: dict | None = field(default=None, hash=False)
     # The score whose first crossing `vidt report` gives for this dataset's runs, in the
     # report's units (normalized score where the env has reference returns); None: its rule.
     threshold: float | None = None
