@@ -28,6 +28,8 @@ COMMANDS = {
     "export": ("vidt.cli.export", "export", "Export a trained actor to one ONNX file.",
                ("torch", "onnx", "tqdm")),
     "serve": ("vidt.cli.serve", "serve", "Serve an ONNX policy over gRPC.", ()),
+    "models": ("vidt.cli.models", "models",
+               "A model repository: its versions; promote, canary, roll back.", ()),
     "eval": ("vidt.cli.eval", "eval_cmd", "Run Gymnasium episodes against a live server.",
              ("tqdm",)),
     "sweep": ("vidt.cli.sweep", "sweep", "Run a grid of trainings as Ray tasks.",
