@@ -40,7 +40,11 @@ MODEL_VERSION_KEY = PREFIX + "model_version"  # the content hash; not part of wh
 # Labels that do not change what the file does, also left out of the hash: the same weights
 # exported as the run's "best" and as its "last" actor, or by another vidt release, are one
 # model, and replicas serving either must continue each other's episodes.
-UNHASHED = (MODEL_VERSION_KEY, PREFIX + "actor_selection", PREFIX + "version")
+# The training data's return statistics are labels too: they describe where the actor came
+# from, not what it does, and an export that could not read the run's dataset (moved, or
+# written by a vidt before they were recorded) holds the same model as one that could.
+UNHASHED = (MODEL_VERSION_KEY, PREFIX + "actor_selection", PREFIX + "version",
+            PREFIX + "data_return_mean", PREFIX + "data_return_max")
 
 
 # ---- the graph's inputs and output -----------------------------------------------------------
@@ -108,6 +112,19 @@ def _float_tuple(values) -> tuple[float, ...]:
     return tuple(float(x) for x in values)
 
 
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _read_optional_float(raw: str) -> float | None:
+    if raw == "":
+        return None
+    x = float(raw)
+    if not math.isfinite(x):
+        raise ValueError("not a finite number")
+    return x
+
+
 def _read_bounds(raw: str) -> tuple[float, ...]:
     vals = json.loads(raw)
     if not isinstance(vals, list):
@@ -127,6 +144,9 @@ CODECS: dict[str, Codec] = {
     "str": Codec(str, str, str),
     "int": Codec(str, int, int),
     "float": Codec(lambda v: repr(float(v)), float, float),
+    # "" for None: a fact the exporter did not know.
+    "float | None": Codec(lambda v: "" if v is None else repr(float(v)), _read_optional_float,
+                          _optional_float),
     "tuple[float, ...]": Codec(lambda v: json.dumps([float(x) for x in v]), _read_bounds,
                                _float_tuple),
 }
@@ -139,6 +159,12 @@ class PolicyMetadata(PolicyFacts):
     format_version: str  # of the file layout; this vidt reads FORMAT_VERSION only
     version: str  # vidt version that wrote the file
     model_version: str  # content hash of the graph and the rest of the metadata
+    # Mean and largest episode return of the run's training dataset, in the env's own reward
+    # units (as `vidt datasets info` shows them): where a target return sits against the data
+    # the actor learned from (`vidt eval --target-returns --plot`). None (absent or "" in a
+    # file): not known, e.g. the dataset could not be read when the actor was exported.
+    data_return_mean: float | None = None
+    data_return_max: float | None = None
 
     @classmethod
     def cast(cls, name: str, value) -> Any:

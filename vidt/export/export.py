@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import math
 import os
 import tempfile
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 import vidt
-from vidt.errors import ConfigError, ModelFileError
+from vidt.errors import ConfigError, ModelFileError, VidtError
 from vidt.model import Actor
 from vidt.policy_file import (
     FORMAT_VERSION,
@@ -37,6 +38,8 @@ from vidt.policy_file import (
     write_metadata,
 )
 from vidt.window import WindowInputs
+
+log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17  # LayerNormalization is a single op from 17; onnxruntime >= 1.14 runs it
 PARITY_TOL = 1e-4  # max abs action difference eager vs onnxruntime (seen: <= 5e-7)
@@ -76,6 +79,9 @@ def _check_finite(actor: Actor) -> None:
 FROM_ACTOR = ("obs_dim", "act_dim", "context_len", "action_low", "action_high", "reward_scale")
 PASSED_THROUGH = ("algo", "env_id", "model_name", "eval_context_len", "max_episode_steps",
                   "reward_offset", "reward_divisor", "actor_selection")
+# The training dataset's return statistics, when `meta` has them (`export` reads them from the
+# run's dataset): copied as they are, zero included.
+DATA_RETURNS = ("data_return_mean", "data_return_max")
 
 
 def build_metadata(actor: Actor, meta: dict, model_name: str) -> PolicyMetadata:
@@ -109,6 +115,8 @@ def build_metadata(actor: Actor, meta: dict, model_name: str) -> PolicyMetadata:
     # The fields the run's metadata gives as they are, by PolicyMetadata's own field names.
     given = {name: PolicyMetadata.cast(name, meta[name]) for name in PASSED_THROUGH
              if meta.get(name) not in (None, "", 0)}
+    given.update({name: PolicyMetadata.cast(name, meta[name]) for name in DATA_RETURNS
+                  if meta.get(name) is not None})
     return PolicyMetadata(**{
         "algo": "", "env_id": "", "model_name": model_name, "eval_context_len": K,
         "max_episode_steps": 0, **given,
@@ -325,4 +333,30 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: str |
                           "(vidt.train.checkpoint)") from e
     actor, meta = load_actor(run_dir, checkpoint, which)
     kwargs.setdefault("model_name", Path(run_dir).resolve().name)
-    return export_actor(actor, meta, out, opset, **kwargs)
+    return export_actor(actor, {**meta, **data_returns(run_dir)}, out, opset, **kwargs)
+
+
+def data_returns(run_dir: str | os.PathLike) -> dict[str, float]:
+    """The mean and largest episode return of the dataset the run trained on (its
+    config.json names it), in the env's own reward units; {} when that dataset cannot be
+    read here (moved, deleted, a path relative to another directory): the file then says
+    nothing about its data rather than failing the export."""
+    from vidt.data import load
+    from vidt.train.config import read_run_config
+
+    if not (Path(run_dir) / "config.json").is_file():
+        log.warning("%s has no config.json naming its dataset: the file will not carry the "
+                    "training data's returns", run_dir)
+        return {}
+    try:
+        cfg = read_run_config(run_dir)
+        source = cfg.get("dataset")
+        # The env only picks the built-in data: a file's sizes were checked by the trainer.
+        episodes = load(source, cfg["env_id"] if source is None else None)
+    except (VidtError, OSError) as e:
+        log.warning("the file will not carry the training data's returns: %s", e)
+        return {}
+    returns = [ep.episode_return for ep in episodes]
+    if not returns:
+        return {}
+    return {"data_return_mean": float(np.mean(returns)), "data_return_max": float(np.max(returns))}
