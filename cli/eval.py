@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import sys
 
 import click
 
 from .options import DiskPath, FiniteFloat, InputPath, ServerAddress
 from .serve import _read_token
+
+
+class TargetReturns(click.ParamType):
+    """Target returns: a comma list (`100,200,400`) or LO:HI:N, N evenly spaced from LO to HI
+    inclusive (`0:1000:5` is 0, 250, 500, 750, 1000)."""
+
+    name = "LIST|LO:HI:N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        try:
+            if ":" in text:
+                lo, hi, n = text.split(":")
+                if not n.strip().isdigit() or int(n) < 2:
+                    self.fail(f"{value!r}: N in LO:HI:N must be a whole number >= 2", param, ctx)
+                lo, hi, n = float(lo), float(hi), int(n)
+                targets = tuple(lo + (hi - lo) * i / (n - 1) for i in range(n))
+            else:
+                targets = tuple(float(x) for x in text.split(","))
+        except ValueError:
+            self.fail(f"{value!r} is neither a comma list of numbers (100,200,400) nor "
+                      f"LO:HI:N (0:1000:5)", param, ctx)
+        if not all(math.isfinite(t) for t in targets):
+            self.fail(f"{value!r}: every target must be a finite number", param, ctx)
+        return targets
 
 
 @click.command("eval")
@@ -19,6 +48,16 @@ from .serve import _read_token
               help="Episodes to run.")
 @click.option("--target-return", type=FiniteFloat(), default=None,
               help="Return to condition on  [default: the policy's]")
+@click.option("--target-returns", type=TargetReturns(), default=None,
+              help="Run the episodes once per target return, on the same seeds, and report "
+                   "the return achieved at each: a list (100,200,400) or LO:HI:N (N evenly "
+                   "spaced, ends included).")
+@click.option("--plot", "plot_file", type=DiskPath(dir_okay=False), default=None,
+              help="With --target-returns: also draw achieved against asked return to this "
+                   "PNG file (needs matplotlib).")
+@click.option("--model", "model_file", type=InputPath(dir_okay=False), default=None,
+              help="With --target-returns: the served ONNX file, read for the mean and best "
+                   "return of its training data (shown in the table and the plot).")
 @click.option("--num-envs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Sub-envs of a vector env, stepped with ActBatch when > 1.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -43,16 +82,19 @@ from .serve import _read_token
                    "not hold)  [default: the server's current]")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file, tls_ca,
-             timeout, record_dir, record_episodes, no_failover, model_version, as_json,
-             no_progress):
+def eval_cmd(server, env_id, episodes, target_return, target_returns, plot_file, model_file,
+             num_envs, seed, token_file, tls_ca, timeout, record_dir, record_episodes,
+             no_failover, model_version, as_json, no_progress):
     """Run episodes of ENV against the policy served at --server and report returns,
-    normalized score, episode lengths and Act latency.
+    normalized score, episode lengths and Act latency; with --target-returns, the return
+    achieved at each of several asked target returns.
 
     \b
     Example:
       vidt eval --server 127.0.0.1:50051 --env Hopper-v5 --episodes 10 --num-envs 4
       vidt eval --server 127.0.0.1:50051 --episodes 3 --record videos/
+      vidt eval --server 127.0.0.1:50051 --target-returns 1000:4000:7 --plot targets.png \\
+          --model hopper.onnx
     """
     from tqdm import tqdm
 
@@ -60,7 +102,21 @@ def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file
 
     if record_dir is not None and num_envs != 1:
         raise click.UsageError("--record needs --num-envs 1")
-    from vidt.serving.evaluate import evaluate
+    if target_returns is not None:
+        if target_return is not None:
+            raise click.UsageError("--target-return and --target-returns do not go together: "
+                                   "give one target, or a list")
+        if record_dir is not None:
+            raise click.UsageError("--record and --target-returns do not go together: record "
+                                   "with one --target-return")
+    elif plot_file is not None or model_file is not None:
+        raise click.UsageError(f"{'--plot' if plot_file is not None else '--model'} needs "
+                               f"--target-returns")
+    if plot_file is not None and importlib.util.find_spec("matplotlib") is None:
+        raise click.ClickException("--plot needs matplotlib, which this installation lacks: "
+                                   "pip install matplotlib")
+    data = _data_returns(model_file) if model_file is not None else None
+    from vidt.serving.evaluate import evaluate, evaluate_targets
 
     with PolicyClient(server, token=_read_token(token_file), tls=tls_ca,
                       timeout_s=timeout, failover=not no_failover) as client:
@@ -68,6 +124,19 @@ def eval_cmd(server, env_id, episodes, target_return, num_envs, seed, token_file
             env_id = client.info().env_id
             if not env_id:
                 raise click.UsageError("the served policy names no env: pass --env")
+        if target_returns is not None:
+            if data is not None:
+                _check_model_file(data, model_version or client.info().model_version)
+            with tqdm(total=episodes * len(target_returns), desc=f"eval {env_id}", unit="ep",
+                      file=sys.stderr, disable=no_progress or None, leave=False) as bar:
+                curve = evaluate_targets(
+                    client, env_id, target_returns, episodes, num_envs=num_envs, seed=seed,
+                    model_version=model_version,
+                    on_target=lambda t: bar.set_description(f"eval {env_id} target {t:g}"),
+                    on_episode=lambda ret, n: (bar.update(1), bar.set_postfix(ret=f"{ret:.1f}")),
+                    **({} if data is None else data["returns"]))
+            _report_curve(curve, episodes, seed, plot_file, data, as_json)
+            return
         with tqdm(total=episodes, desc=f"eval {env_id}", unit="ep", file=sys.stderr,
                   disable=no_progress or None, leave=False) as bar:
             res = evaluate(client, env_id, episodes, target_return=target_return,
@@ -117,3 +186,77 @@ def _print(res, env_id, num_envs, record_dir, record_episodes, episodes) -> None
     if record_dir is not None:
         click.echo(f"recorded: the first {min(record_episodes, episodes)} episode(s) as GIFs "
                    f"in {record_dir}")
+
+
+def _data_returns(model_file: str) -> dict:
+    """The served file's training-data returns (as TargetCurve takes them), its version and
+    path; read before any episode runs, so a bad file costs nothing."""
+    from vidt.policy_file import OnnxPolicy
+
+    m = OnnxPolicy(model_file, provider="cpu", intra_op_threads=1).metadata
+    if m.data_return_mean is None and m.data_return_max is None:
+        click.echo(f"Note: {model_file} records no training-data returns (exported before vidt "
+                   f"kept them, or its dataset could not be read then): no data lines",
+                   err=True)
+    return {"path": model_file, "model_version": m.model_version,
+            "returns": {"data_return_mean": m.data_return_mean,
+                        "data_return_max": m.data_return_max}}
+
+
+def _check_model_file(data: dict, served: str) -> None:
+    if served and data["model_version"] != served:
+        click.echo(f"Note: {data['path']} is model_version {data['model_version']}, the episodes "
+                   f"run on {served}: its data lines are another model's training data",
+                   err=True)
+
+
+def _report_curve(curve, episodes, seed, plot_file, data, as_json) -> None:
+    from vidt.serving.evaluate import plot_targets
+
+    if plot_file is not None:
+        plot_targets(curve, plot_file)
+    if as_json:
+        click.echo(json.dumps({**curve.to_json(), "plot": plot_file,
+                               "model_file": data["path"] if data else None}))
+    else:
+        _print_curve(curve, episodes, seed, plot_file, data)
+    if curve.failed or curve.not_run:
+        last = next((r.failed[-1] for r in reversed(curve.results) if r.failed), "")
+        raise click.ClickException(
+            f"{curve.failed} of {episodes * len(curve.targets)} episode(s) failed"
+            + (f", {curve.not_run} not run" if curve.not_run else "")
+            + (f": {last}" if last else ""))
+
+
+def _print_curve(curve, episodes, seed, plot_file, data) -> None:
+    seeds = f"seed {seed}" if episodes == 1 else f"seeds {seed}-{seed + episodes - 1}"
+    click.echo(f"{curve.env_id}: achieved return at each asked target ({episodes} episode(s) "
+               f"each, {seeds})")
+    click.echo(f"{'target':>12}  {'return mean':>12}  {'± std':>10}  {'n':>4}  {'failed':>6}")
+    for t, r in zip(curve.targets, curve.results):
+        mean, std = (f"{r.return_mean:.2f}", f"{r.return_std:.2f}") if r.returns else ("-", "-")
+        failed = len(r.failed) + r.not_run
+        click.echo(f"{t:>12g}  {mean:>12}  {'± ' + std:>10}  {len(r.returns):>4}  {failed:>6}")
+    if curve.data_return_mean is not None or curve.data_return_max is not None:
+        def num(x):
+            return "?" if x is None else f"{x:.2f}"
+
+        click.echo(f"training data ({data['path']}): return mean {num(curve.data_return_mean)}, "
+                   f"best {num(curve.data_return_max)}")
+    versions: dict[str, int] = {}
+    for r in curve.results:
+        for v in r.versions:
+            versions[v] = versions.get(v, 0) + 1
+    if len(versions) > 1:
+        click.echo("model_versions: " + ", ".join(f"{v} ({n} episodes)"
+                                                  for v, n in versions.items()))
+    elif versions:
+        click.echo(f"model_version: {next(iter(versions))}")
+    failovers = sum(r.failovers for r in curve.results)
+    if failovers:
+        click.echo(f"failovers: {failovers} session(s) resumed on another server")
+    for t, r in zip(curve.targets, curve.results):
+        for why in r.failed:
+            click.echo(f"  failed at target {t:g}: {why}")
+    if plot_file is not None:
+        click.echo(f"plot: {plot_file}")

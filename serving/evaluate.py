@@ -4,6 +4,8 @@ One env steps through Act; a vector env of M sub-envs steps through ActBatch, on
 per sub-env, a new session whenever a sub-env's episode ends. Episode e (single env) and
 sub-env i (vector env) are reset with seed + e / seed + i, so a run is reproducible.
 Latency is measured around each Act / ActBatch call, as the client sees it.
+`evaluate_targets` runs the same episodes once per target return (`vidt eval
+--target-returns`), and `plot_targets` draws what was achieved against what was asked.
 """
 
 from __future__ import annotations
@@ -288,3 +290,107 @@ def _run_vector(client, info, env_id, episodes, target_return, seed, out: _Episo
         return lat
     finally:
         envs.close()
+
+
+# ---- achieved against asked: the same episodes at several target returns ---------------------
+@dataclass(frozen=True)
+class TargetCurve:
+    """What a return-conditioned policy achieves when asked for each of several target
+    returns: one EvalResult per target, every target run on the same seeds."""
+
+    env_id: str
+    targets: tuple[float, ...]
+    results: tuple[EvalResult, ...]  # one per target, in the same order
+    # The training data's mean and best episode return, where the policy file records them.
+    data_return_mean: float | None = None
+    data_return_max: float | None = None
+
+    @property
+    def failed(self) -> int:
+        return sum(len(r.failed) for r in self.results)
+
+    @property
+    def not_run(self) -> int:
+        return sum(r.not_run for r in self.results)
+
+    def to_json(self) -> dict:
+        """The object `vidt eval --target-returns --json` prints: one row per target, each
+        the object a single-target `vidt eval --json` prints plus its target_return."""
+        return {"env_id": self.env_id, "targets": list(self.targets),
+                "rows": [{"target_return": t, **r.to_json()}
+                         for t, r in zip(self.targets, self.results)],
+                "data_return_mean": self.data_return_mean,
+                "data_return_max": self.data_return_max,
+                "failed": self.failed, "not_run": self.not_run}
+
+
+def evaluate_targets(client: PolicyClient, env_id: str, targets, episodes: int, *,
+                     num_envs: int = 1, seed: int = 0, model_version: str = "",
+                     on_target: Callable[[float], None] | None = None,
+                     on_episode: Callable[[float, int], None] | None = None,
+                     data_return_mean: float | None = None,
+                     data_return_max: float | None = None) -> TargetCurve:
+    """`evaluate` once per target return in `targets`, each with the same `episodes` seeds
+    (seed, seed + 1, ...), so the targets differ in what the policy is asked for alone.
+    on_target(target) is called as each target's episodes begin. The server lost for good
+    (GIVE_UP_AFTER failures in a row, counted across targets) ends the curve: the targets
+    after it are reported as not run rather than each waiting out the same dead server."""
+    targets = tuple(float(t) for t in targets)
+    if not targets or not all(math.isfinite(t) for t in targets):
+        raise VidtError(f"target returns must be one or more finite numbers, got {targets}")
+    results: list[EvalResult] = []
+    in_a_row = 0  # failures since the last target that finished an episode
+    for t in targets:
+        if in_a_row >= GIVE_UP_AFTER or (results and results[-1].not_run):
+            results.append(EvalResult(env_id, (), (), _percentiles([]), num_envs, 0,
+                                      not_run=episodes))
+            continue
+        if on_target is not None:
+            on_target(t)
+        res = evaluate(client, env_id, episodes, target_return=t, num_envs=num_envs,
+                       seed=seed, on_episode=on_episode, model_version=model_version)
+        in_a_row = 0 if res.returns else in_a_row + len(res.failed)
+        results.append(res)
+    return TargetCurve(env_id, targets, tuple(results), data_return_mean, data_return_max)
+
+
+def plot_targets(curve: TargetCurve, path: str | Path, title: str | None = None) -> None:
+    """A PNG of the achieved return (mean ± std over each target's episodes) against the
+    asked one, with the line y = x a policy that hits every target would follow and, when
+    the curve knows them, the training data's best and mean return as horizontal lines.
+    Needs matplotlib (imported here only: evaluation itself never does)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from vidt.files import atomic_write_bytes
+
+    done = [(t, r) for t, r in zip(curve.targets, curve.results) if r.returns]
+    fig = Figure(figsize=(6, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    lo, hi = min(curve.targets), max(curve.targets)
+    if done:
+        lo = min(lo, *(r.return_mean - r.return_std for _, r in done))
+        hi = max(hi, *(r.return_mean + r.return_std for _, r in done))
+    pad = 0.05 * (hi - lo) if hi > lo else 1.0
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", ls="--", lw=1,
+            label="achieved = asked")
+    if done:
+        ax.errorbar([t for t, _ in done], [r.return_mean for _, r in done],
+                    yerr=[r.return_std for _, r in done], marker="o", ms=4, capsize=3,
+                    color="C0", label="achieved (mean ± std)")
+    for value, name, color in ((curve.data_return_max, "data: best", "C2"),
+                               (curve.data_return_mean, "data: mean", "C1")):
+        if value is not None:
+            ax.axhline(value, color=color, lw=1, ls=":", label=f"{name} {value:.4g}")
+    ax.set_xlabel("asked target return")
+    ax.set_ylabel("achieved return")
+    ax.set_title(title or f"{curve.env_id}: achieved vs asked return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    atomic_write_bytes(buf.getvalue(), path)
