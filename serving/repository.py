@@ -31,8 +31,8 @@ _HEADER = """\
 # (promote, canary, rollback) writes this file; it may also be edited by hand. Running servers
 # reread it on SIGHUP and every few seconds; open sessions stay on the version they began on.
 #   current          the version new sessions run on
-#   canary           a version that new sessions run on instead, with probability
-#   canary_fraction  in (0, 1]
+#   canary           a version run beside it, for a share of new sessions:
+#   canary_fraction  that share, in (0, 1]
 #   previous         the version `vidt models rollback` makes current again
 # Each version is a model version (`vidt models list`) or a file name in this directory;
 # a key left out means none.
@@ -172,10 +172,12 @@ class ModelRepository:
             return valid[ref]
         here = Path(ref)
         if here.name == ref and (self.root / ref).exists():
-            if here.is_file() and not here.samefile(self.root / ref):
+            e = self._file(self.root / ref)
+            other = _open(here) if here.is_file() and not here.samefile(e.path) else e
+            if not isinstance(other, ModelEntry) or other.version != e.version:
                 raise ModelFileError(f"{ref} names a file here and another in {self.root}: "
                                      f"write ./{ref} for this one, or its version")
-            return self._file(self.root / ref)
+            return e
         if here.exists():
             return self._file(here)
         raise ModelFileError(f"{ref}: no such file, and no model version {ref} in {self.root}")
@@ -192,9 +194,9 @@ class ModelRepository:
         dest = self.root / f"{e.version}.onnx"
         with open(e.path, "rb") as src:
             atomic_write(dest, lambda f: shutil.copyfileobj(src, f))
-        copied = self._file(dest)
-        if copied.version != e.version:  # the source changed between check and copy
-            dest.unlink(missing_ok=True)
+        copied = self._scan_files().get(dest.name)
+        if not isinstance(copied, ModelEntry) or copied.version != e.version:
+            dest.unlink(missing_ok=True)  # the source changed between its check and the copy
             raise ModelFileError(f"{e.path}: changed while it was copied into {self.root}")
         return copied
 
