@@ -88,7 +88,7 @@ def _size(n: int) -> str:
     return f"{n:.1f} GiB"
 
 
-@models.command("list")
+@models.command("list", short_help="The versions in DIR, which serve, and the files that cannot.")
 @DIR
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object on stdout: the pointer, the valid files and the "
@@ -148,7 +148,7 @@ def list_cmd(root, as_json):
         raise pointer_error
 
 
-@models.command()
+@models.command(short_help="Make a version current (the current one becomes previous).")
 @DIR
 @click.argument("ref", metavar="FILE|VERSION")
 @JSON
@@ -163,7 +163,7 @@ def promote(root, ref, as_json):
     _repo_changed(root, as_json, "promote", lambda repo: repo.promote(ref))
 
 
-@models.command()
+@models.command(short_help="Run a version beside the current one for a share of new sessions.")
 @DIR
 @click.argument("ref", metavar="[FILE|VERSION]", required=False)
 @click.option("--fraction", type=FiniteFloat(), required=True,
@@ -188,7 +188,7 @@ def canary(root, ref, fraction, as_json):
     _repo_changed(root, as_json, "canary", lambda repo: repo.set_canary(ref, fraction))
 
 
-@models.command()
+@models.command(short_help="Make the previous version current again.")
 @DIR
 @JSON
 def rollback(root, as_json):

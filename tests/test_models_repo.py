@@ -415,7 +415,8 @@ def test_a_rescan_opens_only_files_that_changed(exports, repo_dir):
 
 def test_vidt_models_runs_without_torch(exports, repo_dir):
     """As in the serving image: the command is listed and works with torch absent."""
-    block = "import sys\nsys.modules['torch'] = None\nfrom vidt.cli.main import main\nmain(sys.argv[1:])"
+    block = ("import sys\nsys.modules['torch'] = None\nfrom vidt.cli.main import main\n"
+             "main(sys.argv[1:])")
     run = [sys.executable, "-c", block]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120, env=env)
