@@ -31,7 +31,8 @@ def collect(env_id, policy, steps, seed, target_return, out, as_json):
       vidt collect --env Hopper-v5 --policy policy.onnx --steps 5000 --out data/hopper-onnx
 
     Terminated and truncated episode ends are kept apart; the seed is recorded in the
-    dataset. Read it back with `vidt datasets info DIR` or `vidt train --dataset DIR`.
+    dataset, and so are an ONNX policy's model_version and the target return it was given.
+    Read it back with `vidt datasets info DIR` or `vidt train --dataset DIR`.
     """
     from vidt.data.collect import collect as run_collect
     from vidt.envs import normalized_score
@@ -44,13 +45,18 @@ def collect(env_id, policy, steps, seed, target_return, out, as_json):
               disable=None) as bar:
         report = run_collect(env_id, out, steps, seed=seed, policy=policy,
                              target_return=target_return, on_step=bar.update)
-    rets = report.returns
+    rets, rec = report.returns, report.policy_record
     mean = sum(rets) / len(rets)
     result = {"out": report.out, "env_id": env_id, "policy": policy, "seed": seed,
               "steps": report.steps, "episodes": report.episodes, "return_mean": mean,
-              "normalized_score": normalized_score(env_id, mean)}
+              "normalized_score": normalized_score(env_id, mean),
+              "model_version": rec["model_version"] if rec else None,
+              "target_return": rec["target_return"] if rec else None}
     if as_json:
         click.echo(json.dumps(result))
     else:
         click.echo(f"Wrote {report.episodes} episodes ({report.steps} steps) to {report.out}; "
                    f"mean return {mean:.1f}")
+        if rec:
+            click.echo(f"Policy: model_version {rec['model_version']}, target return "
+                       f"{rec['target_return']:g} (recorded in the dataset's metadata)")

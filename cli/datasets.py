@@ -28,14 +28,14 @@ def info(source, env_id, as_json):
       vidt datasets info data/pendulum
       vidt datasets info hopper-random-v2.hdf5 --env Hopper-v5 --json
     """
-    from vidt.data import load, summarize
+    from vidt.data import load, policy_record, summarize
 
     if source is None and env_id is None:
         raise click.UsageError("give a SOURCE, or --env vidt/OneState-v0 for its built-in data")
     if env_id is None:
         env_id = _recorded_env(source)
     episodes = load(source, env_id)
-    s = summarize(episodes, source or "built-in", env_id)
+    s = summarize(episodes, source or "built-in", env_id, policy_record(source))
     if as_json:
         click.echo(json.dumps(s.as_dict()))
         return
@@ -49,17 +49,23 @@ def info(source, env_id, as_json):
         f"return min/mean/max {s.return_min:.1f} / {s.return_mean:.1f} / {s.return_max:.1f}\n"
         f"normalized score  {score}"
     )
+    p = s.collected_with
+    if p is not None:
+        click.echo(f"collected by      {p.get('file', '?')} (model_version "
+                   f"{p.get('model_version', '?')}, {p.get('algo') or '?'}), target return "
+                   f"{p.get('target_return', '?')}")
 
 
 def _recorded_env(source: str) -> str | None:
     """The env id a Minari dataset directory records (None for D4RL files: they record none)."""
     from pathlib import Path
 
-    for meta in (Path(source) / "data" / "metadata.json", Path(source) / "metadata.json"):
-        if meta.is_file():
-            try:
-                spec = json.loads(json.loads(meta.read_text()).get("env_spec") or "null")
-            except (ValueError, AttributeError):
-                return None
-            return spec.get("id") if isinstance(spec, dict) else None
-    return None
+    from vidt.data import minari_metadata
+
+    if not Path(source).is_dir():
+        return None
+    try:
+        spec = json.loads((minari_metadata(source) or {}).get("env_spec") or "null")
+    except (ValueError, TypeError):
+        return None
+    return spec.get("id") if isinstance(spec, dict) else None

@@ -2,11 +2,21 @@
 
 from .builtin import BUILTIN_ENVS, onestate_episodes
 from .episode import Episode
-from .loaders import check_sizes, is_random_policy_data, load, load_d4rl, load_minari, save_d4rl
+from .loaders import (
+    check_sizes,
+    is_random_policy_data,
+    load,
+    load_d4rl,
+    load_minari,
+    minari_metadata,
+    policy_record,
+    save_d4rl,
+)
 from .summary import DatasetSummary, summarize
 
 __all__ = ["BUILTIN_ENVS", "DatasetSummary", "Episode", "check_sizes", "is_random_policy_data",
-           "load", "load_d4rl", "load_minari", "onestate_episodes", "save_d4rl", "summarize"]
+           "load", "load_d4rl", "load_minari", "minari_metadata", "onestate_episodes",
+           "policy_record", "save_d4rl", "summarize"]
 
 
 def collect(*args, **kwargs):

@@ -34,6 +34,13 @@ class CollectReport:
     steps: int
     episodes: int
     returns: list[float] = field(repr=False)
+    # For an ONNX policy: what the dataset's metadata records of it (POLICY_KEY), else None.
+    policy_record: dict | None = None
+
+
+# The key of a collected dataset's Minari metadata (metadata.json) that says which exported
+# policy recorded it and with what target return: a dataset made by a model says which one.
+POLICY_KEY = "vidt_policy"
 
 
 class _OnnxActor:
@@ -47,8 +54,16 @@ class _OnnxActor:
             raise DatasetError(
                 f"{path}: the policy takes {meta.obs_dim} observations and gives {meta.act_dim} "
                 f"actions, {env_id} has {obs_dim} and {act_dim}")
-        self.target_return = target_return
+        self.target_return = meta.default_target_return if target_return is None \
+            else float(target_return)
         self.window = None
+
+    def record(self, path: str) -> dict:
+        """What the dataset records of this policy (under POLICY_KEY in its metadata)."""
+        m = self.policy.metadata
+        return {"file": Path(path).name, "model_version": m.model_version,
+                "model_name": m.model_name, "algo": m.algo,
+                "target_return": self.target_return}
 
     def reset(self) -> None:
         self.window = self.policy.new_window(self.target_return)
@@ -91,9 +106,10 @@ def collect(
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if policy == "random":
         env.action_space.seed(seed)
-        act = None
+        act, record = None, None
     else:
         act = _OnnxActor(policy, env_id, target_return, obs_dim, act_dim)
+        record = act.record(policy)
 
     try:
         if out.parent.exists() and not out.parent.is_dir():
@@ -107,8 +123,11 @@ def collect(
     safe = re.sub(r"[^A-Za-z0-9]+", "-", env_id).strip("-").lower()
     algo = "random" if policy == "random" else "onnx-policy"
     dataset_id = f"vidt/{safe}-{algo}-v0"
-    writer = _Writer(tmp_root, dataset_id, env_id, algo,
-                     f"vidt collect --env {env_id} --policy {policy} --steps {steps} --seed {seed}")
+    command = f"vidt collect --env {env_id} --policy {policy} --steps {steps} --seed {seed}"
+    if target_return is not None:
+        command += f" --target-return {target_return:.10g}"
+    writer = _Writer(tmp_root, dataset_id, env_id, algo, command,
+                     {POLICY_KEY: record} if record else {})
     returns: list[float] = []
     try:
         obs, _ = env.reset(seed=seed)
@@ -156,7 +175,7 @@ def collect(
         writer.abort()
         env.close()
         shutil.rmtree(tmp_root, ignore_errors=True)
-    return CollectReport(str(out), env_id, policy, seed, steps, len(returns), returns)
+    return CollectReport(str(out), env_id, policy, seed, steps, len(returns), returns, record)
 
 
 class _Writer:
@@ -164,7 +183,8 @@ class _Writer:
 
     CHUNK_STEPS = 5000
 
-    def __init__(self, root: Path, dataset_id: str, env_id: str, algo: str, description: str):
+    def __init__(self, root: Path, dataset_id: str, env_id: str, algo: str, description: str,
+                 metadata: dict):
         # fork: the child starts at once with the modules already imported (spawn re-imports
         # them, 0.7 s of CPU that a short collection notices). The child only touches
         # h5py/Minari, never the parent's onnxruntime or torch threads. But only from a
@@ -174,7 +194,8 @@ class _Writer:
         ctx = mp.get_context("fork" if alone else "spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_writer_main, daemon=True,
-                                args=(child, str(root), dataset_id, env_id, algo, description))
+                                args=(child, str(root), dataset_id, env_id, algo, description,
+                                      metadata))
         self.proc.start()
         child.close()
         self.pending: list[dict] = []
@@ -207,8 +228,9 @@ class _Writer:
 
 
 def _writer_main(conn, root: str, dataset_id: str, env_id: str, algo: str,
-                 description: str) -> None:
-    """Writer process: creates the dataset with the first chunk, appends the others."""
+                 description: str, metadata: dict) -> None:
+    """Writer process: creates the dataset with the first chunk (and adds `metadata` to
+    Minari's own), appends the others."""
     # The Minari root is process-global state; in this process it is ours alone.
     os.environ["MINARI_DATASETS_PATH"] = root
     warnings.filterwarnings("ignore", category=UserWarning, module="minari")
@@ -235,6 +257,8 @@ def _writer_main(conn, root: str, dataset_id: str, env_id: str, algo: str,
                     dataset_id, buffer=buffers, env=env, algorithm_name=algo,
                     description=description, **refs)
                 env.close()
+                if metadata:
+                    dataset.storage.update_metadata(metadata)
             else:
                 dataset.storage.update_episodes(buffers)
         except Exception as e:

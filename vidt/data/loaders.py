@@ -58,6 +58,22 @@ def is_random_policy_data(source: str | os.PathLike | None) -> bool:
     path = Path(source)
     if path.suffix.lower() in HDF5_SUFFIXES or path.is_file():
         return _names_random(path.stem)
+    info = minari_metadata(source)
+    if info is not None:
+        return (info.get("algorithm_name") == "random"
+                or _names_random(str(info.get("dataset_id", ""))))
+    return _names_random(str(source))
+
+
+def minari_metadata(source: str | os.PathLike | None) -> dict | None:
+    """A Minari dataset's metadata.json (a directory, or an id under the Minari root) as a
+    dict; None for anything else (built-in data, D4RL files, a missing or broken file).
+    Never raises: load() is what reports problems."""
+    if source is None or str(source) == "builtin":
+        return None
+    path = Path(source)
+    if path.is_file():
+        return None
     if not path.is_dir():
         path = Path(_minari_root()).expanduser() / str(source)
     for meta in (path / "data" / "metadata.json", path / "metadata.json"):
@@ -66,9 +82,18 @@ def is_random_policy_data(source: str | os.PathLike | None) -> bool:
         except (OSError, ValueError):
             continue
         if isinstance(info, dict):
-            return (info.get("algorithm_name") == "random"
-                    or _names_random(str(info.get("dataset_id", ""))))
-    return _names_random(str(source))
+            return info
+    return None
+
+
+def policy_record(source: str | os.PathLike | None) -> dict | None:
+    """What a dataset recorded by `vidt collect --policy FILE.onnx` says of that policy (its
+    file name, model_version, model_name, algo and the target return it was conditioned
+    on); None for data recorded otherwise."""
+    from .collect import POLICY_KEY
+
+    record = (minari_metadata(source) or {}).get(POLICY_KEY)
+    return record if isinstance(record, dict) else None
 
 
 def _names_random(name: str) -> bool:

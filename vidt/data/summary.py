@@ -25,12 +25,16 @@ class DatasetSummary:
     return_mean: float
     return_max: float
     normalized_score: float | None  # of the mean return, where the env has a reference
+    # Data recorded by `vidt collect --policy FILE.onnx`: that policy's file name,
+    # model_version, model_name, algo and target return (vidt.data.policy_record); else None.
+    collected_with: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def summarize(episodes: list[Episode], source: str, env_id: str | None = None) -> DatasetSummary:
+def summarize(episodes: list[Episode], source: str, env_id: str | None = None,
+              collected_with: dict | None = None) -> DatasetSummary:
     rets = np.array([ep.episode_return for ep in episodes])
     return DatasetSummary(
         source=source, env_id=env_id, episodes=len(episodes),
@@ -41,4 +45,5 @@ def summarize(episodes: list[Episode], source: str, env_id: str | None = None) -
         return_min=float(rets.min()), return_mean=float(rets.mean()),
         return_max=float(rets.max()),
         normalized_score=normalized_score(env_id, float(rets.mean())) if env_id else None,
+        collected_with=collected_with,
     )
