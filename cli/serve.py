@@ -30,8 +30,19 @@ def _read_token(path: str | None) -> str | None:
 
 
 @click.command("serve")
-@click.option("--model", type=DiskPath(dir_okay=False), required=True,
-              help="Exported policy (vidt export).")
+@click.option("--model", type=DiskPath(dir_okay=False), default=None,
+              help="Exported policy (vidt export). With --model-repo, this file is the "
+                   "current version and the repository serves resumes and pins of others.")
+@click.option("--model-repo", type=DiskPath(file_okay=False), default=None,
+              help="Model repository: a directory of exported files and a pointer naming the "
+                   "current version and a canary (`vidt models`). Without --model, the server "
+                   "follows the pointer, rereading it on SIGHUP and every few seconds: new "
+                   "sessions get the new version, open episodes finish on theirs. An episode "
+                   "begun on any version in DIR can resume here.")
+@click.option("--max-versions", type=click.IntRange(min=1), default=DEFAULTS["max_versions"],
+              show_default=True,
+              help="Model versions resident at once; loading one more while all are in use "
+                   "is refused (RESOURCE_EXHAUSTED), never by evicting one.")
 @click.option("--host", default=DEFAULTS["host"], show_default=True,
               help="Address to listen on. Beyond loopback needs TLS or a token (or --insecure).")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULTS["port"], show_default=True,
@@ -84,7 +95,7 @@ def _read_token(path: str | None) -> str | None:
 @click.option("--grace", type=click.FloatRange(min=0), default=DEFAULTS["grace_s"],
               show_default=True,
               help="Seconds open episodes get to finish after SIGTERM/SIGINT.")
-def serve(model, host, port, max_sessions, idle_timeout, max_batch, batch_window_us, threads,
+def serve(model, model_repo, max_versions, host, port, max_sessions, idle_timeout, max_batch, batch_window_us, threads,
           transport, ort_threads, metrics_port, tls_cert, tls_key, auth_token_file, insecure, provider,
           log_level, grace):
     """Serve an ONNX policy over gRPC until SIGTERM/SIGINT (then drain and exit 0).
@@ -93,21 +104,24 @@ def serve(model, host, port, max_sessions, idle_timeout, max_batch, batch_window
     Example:
       vidt serve --model policy.onnx --port 50051
       vidt serve --model policy.onnx --transport asyncio   # many robots at once
+      vidt serve --model-repo models/   # follows `vidt models promote models/ new.onnx`
       grpcurl -plaintext 127.0.0.1:50051 list
     """
     from vidt.serving.server import serve as run
 
     logging.basicConfig(level=getattr(logging, log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if model is None and model_repo is None:
+        raise click.UsageError("give --model FILE, --model-repo DIR, or both")
     token = _read_token(auth_token_file)  # an unreadable file is the file's problem: exit 1
     try:
         config = ServerConfig(
             host=host, port=port, max_sessions=max_sessions, idle_timeout_s=idle_timeout,
             max_batch=max_batch, batch_window_us=batch_window_us, threads=threads,
             metrics_port=metrics_port, tls_cert=tls_cert, tls_key=tls_key, auth_token=token,
-            insecure=insecure, grace_s=grace, transport=transport)
+            insecure=insecure, grace_s=grace, transport=transport, max_versions=max_versions)
     except ConfigError as e:  # made of the options alone: options that do not go together
         raise click.UsageError(str(e)) from None
-    code = run(model, config, provider=provider, ort_threads=ort_threads)
+    code = run(model, config, provider=provider, ort_threads=ort_threads, model_repo=model_repo)
     if code:
         sys.exit(code)

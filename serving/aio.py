@@ -65,7 +65,7 @@ class AioTransport:
     async def _call(self, method: str, rpc, request, context):
         t0 = time.perf_counter()
         try:
-            answer = await rpc(request)
+            answer = await rpc(request, context)
         except Exception as e:
             await context.abort(*self.core.failed(method, e))
         self.core.succeeded(method, t0)

@@ -251,6 +251,7 @@ class Session:
     def __init__(self, client: PolicyClient, target_return: float | None = None,
                  model_version: str = ""):
         self.client = client
+        self.pinned = model_version  # kept by a resume before the first step too
         req = pb.CreateSessionRequest(model_version=model_version)
         if target_return is not None:
             req.target_return = float(target_return)
@@ -295,6 +296,7 @@ class Session:
         req = pb.CreateSessionRequest()
         if self.step == 0:
             req.target_return = self.target_return
+            req.model_version = self.pinned
         else:
             req.resume.CopyFrom(pb.ResumeState(
                 model_version=self.model_version, next_step=self.step,

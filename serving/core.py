@@ -15,6 +15,7 @@ suspends. One body, two ways of running it; a reader finds ActBatch's rules in `
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from vidt.v1 import policy_pb2 as pb
 
+from .client import ROUTE_KEY
 from .metrics import Metrics
 from .sessions import (
     InvalidArgument,
@@ -88,6 +90,17 @@ def _resume_state(r: pb.ResumeState) -> ResumeState:
                         for h in r.history], r.total_reward)
 
 
+def route_key(context) -> str | None:
+    """The call's `x-vidt-route` metadata (the client's key: a robot's id): a canary share
+    sends each key to one side, always."""
+    if context is None:
+        return None
+    for key, value in context.invocation_metadata() or ():
+        if key == ROUTE_KEY:
+            return value
+    return None
+
+
 def policy_info(policy) -> pb.PolicyInfo:
     m = policy.metadata
     return pb.PolicyInfo(
@@ -137,45 +150,57 @@ def run_now(coro: Coroutine[Any, Any, Any]):
 class PolicyCore:
     """vidt.v1.PolicyService's RPCs over one SessionStore, for either transport.
 
-    asynchronous: steps are awaited on an event loop (the store's `act_async`, inference
-    through its `infer_async`), else they block the calling thread (`act`, `infer`)."""
+    describe(): GetPolicyInfo's answer. asynchronous: steps are awaited on an event loop (the
+    store's `act_async`, inference through its `infer_async`), else they block the calling
+    thread (`act`, `infer`). load(version): makes the store hold a version a resume or a
+    pinned CreateSession asks for, if it can (versions.py); blocking, so on an event loop it
+    runs in a worker thread."""
 
-    def __init__(self, store: SessionStore, info: pb.PolicyInfo, metrics: Metrics,
-                 max_batch_requests: int = 1024, *, asynchronous: bool = False):
-        self.store, self.info, self.metrics = store, info, metrics
+    def __init__(self, store: SessionStore, describe: Callable[[], pb.PolicyInfo],
+                 metrics: Metrics, max_batch_requests: int = 1024, *,
+                 asynchronous: bool = False, load: Callable[[str], None] | None = None):
+        self.store, self.describe, self.metrics = store, describe, metrics
         self.max_batch_requests = int(max_batch_requests)
         self.asynchronous = asynchronous
         if asynchronous:
             self._act, self._act_batch = store.act_async, store.act_batch_async
+            self._load = load and (lambda v: asyncio.get_running_loop().run_in_executor(
+                None, load, v))
         else:
             self._act = lambda request: _Done(store.act(request))
             self._act_batch = lambda requests: _Done(store.act_batch(requests))
+            self._load = load and (lambda v: _Done(load(v)))
         # Labelled children bound once: a labels() lookup per call costs ~8 us.
         self._ok = {m: metrics.requests.labels(m, "OK") for m in (*UNARY_RPCS, STREAM_RPC)}
         self._latency = {m: metrics.act_latency.labels(m) for m in TIMED_RPCS}
         self.streams = Streams()
 
-    # Every RPC: the request message in, the response message out, ServingError for a
-    # request the contract refuses.
-    async def GetPolicyInfo(self, request: pb.GetPolicyInfoRequest) -> pb.PolicyInfo:
-        return self.info
+    # Every RPC: the request message (and the call's context, for its metadata) in, the
+    # response message out, ServingError for a request the contract refuses.
+    async def GetPolicyInfo(self, request: pb.GetPolicyInfoRequest, context=None) -> pb.PolicyInfo:
+        return self.describe()
 
-    async def CreateSession(self, request: pb.CreateSessionRequest) -> pb.CreateSessionResponse:
-        if request.HasField("resume"):
+    async def CreateSession(self, request: pb.CreateSessionRequest,
+                            context=None) -> pb.CreateSessionResponse:
+        resume = request.HasField("resume")
+        version = request.resume.model_version if resume else request.model_version
+        if version and self._load is not None and not self.store.holds(version):
+            await self._load(version)
+        if resume:
             c = self.store.resume(_resume_state(request.resume))
         else:
             target = request.target_return if request.HasField("target_return") else None
-            c = self.store.create(target, request.model_version)
+            c = self.store.create(target, request.model_version, route_key(context))
         return pb.CreateSessionResponse(session_id=c.session_id, target_return=c.target_return,
                                         context_length=c.context_length,
                                         idle_timeout_s=c.idle_timeout_s,
                                         model_version=c.model_version)
 
-    async def Act(self, request: pb.ActRequest) -> pb.ActResponse:
+    async def Act(self, request: pb.ActRequest, context=None) -> pb.ActResponse:
         """One step; also each message of an ActStream."""
         return _answer(await self._act(_step(request)))
 
-    async def ActBatch(self, request: pb.ActBatchRequest) -> pb.ActBatchResponse:
+    async def ActBatch(self, request: pb.ActBatchRequest, context=None) -> pb.ActBatchResponse:
         n = len(request.requests)
         if n > self.max_batch_requests:
             raise InvalidArgument(f"{n} requests in one ActBatch; this server takes at most "
@@ -183,8 +208,10 @@ class PolicyCore:
         results = await self._act_batch([_step(r) for r in request.requests])
         return pb.ActBatchResponse(responses=[_answer(r) for r in results])
 
-    async def CloseSession(self, request: pb.CloseSessionRequest) -> pb.CloseSessionResponse:
+    async def CloseSession(self, request: pb.CloseSessionRequest,
+                           context=None) -> pb.CloseSessionResponse:
         s = self.store.close(request.session_id)
+        self.metrics.episode_return.labels(s.model_version).observe(s.total_reward)
         return pb.CloseSessionResponse(steps=s.steps, total_reward=s.total_reward)
 
     # What became of a call, for the metrics and the status it ends with.

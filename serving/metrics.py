@@ -8,6 +8,12 @@ process, e.g. in tests, without clashing in prometheus-client's global registry)
     vidt_active_sessions                 open sessions (read from the store at scrape time)
     vidt_sessions_created_total, vidt_sessions_resumed_total, vidt_sessions_expired_total,
     vidt_sessions_closed_total
+    vidt_version_sessions{version,role}  open sessions per model version held (role: current,
+                                         canary or old)
+    vidt_version_sessions_created_total{version}, vidt_version_steps_total{version}
+    vidt_episode_return{version}         total reward of each closed session (its client's
+                                         reports), per version: _sum / _count is the mean
+    vidt_model_events_total{event,version}  versions loaded, refused and unloaded
 
 The same port answers GET /ready: 200 while the server is SERVING, 503 while loading or
 draining.
@@ -21,7 +27,7 @@ from collections.abc import Callable
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Histogram, Summary, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Act latency on a loopback CPU server is ~0.1-1 ms; a GPU batch of 64 a few ms.
@@ -60,6 +66,20 @@ class _StoreCollector:
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
             yield c
+        models = s.models()
+        g = GaugeMetricFamily("vidt_version_sessions", "Open sessions per model version held.",
+                              labels=["version", "role"])
+        created = CounterMetricFamily("vidt_version_sessions_created",
+                                      "Sessions created per model version held.",
+                                      labels=["version"])
+        steps = CounterMetricFamily("vidt_version_steps", "Steps answered per model version "
+                                    "held.", labels=["version"])
+        for m in models:
+            role = ("current" if m is s.current else "canary" if m is s.canary else "old")
+            g.add_metric([m.version, role], m.sessions)
+            created.add_metric([m.version], m.created)
+            steps.add_metric([m.version], m.steps)
+        yield from (g, created, steps)
 
 
 class Metrics:
@@ -76,6 +96,10 @@ class Metrics:
                                      registry=r)
         self.batch_size = Histogram("vidt_batch_size", "Windows per onnxruntime call.",
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.episode_return = Summary("vidt_episode_return", "Total reward of each closed "
+                                      "session, per model version.", ["version"], registry=r)
+        self.model_events = Counter("vidt_model_events", "Model versions loaded, refused "
+                                    "and unloaded.", ["event", "version"], registry=r)
         self._http = None
 
     def watch_store(self, store) -> None:

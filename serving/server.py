@@ -18,7 +18,9 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -26,14 +28,16 @@ import numpy as np
 from grpc_health.v1 import health_pb2
 
 from vidt.errors import ConfigError
+from vidt.policy_file import OnnxPolicy
+from vidt.v1 import policy_pb2 as pb
 
 from .aio import AioTransport
 from .auth import BearerAuth  # noqa: F401  (part of this module's interface)
-from .batcher import Batcher
 from .core import PolicyCore, Transport, message_limits, policy_info
 from .metrics import Metrics
-from .sessions import SessionStore
+from .repository import ModelRepository
 from .threads import ThreadsTransport
+from .versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +61,24 @@ class ServerConfig:
     grace_s: float = 10.0  # on SIGTERM: time for open episodes and calls to finish
     max_batch_requests: int = 1024  # most requests in one ActBatch; sizes the message limit
     transport: str = "threads"  # or "asyncio" (aio.py): more steps/s under many clients
+    max_versions: int = 4  # model versions resident at once (a model repository's)
+    model_poll_s: float = 2.0  # how often a model repository's pointer is reread
+    unload_after_s: float = 5.0  # an old version leaves this long after its last session
 
     TRANSPORTS = tuple(TRANSPORTS)
 
     def __post_init__(self):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
-        for name in ("max_sessions", "max_batch", "threads", "max_batch_requests"):
+        for name in ("max_sessions", "max_batch", "threads", "max_batch_requests",
+                     "max_versions"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        if not (self.model_poll_s > 0 and self.unload_after_s >= 0):
+            raise ConfigError(f"model_poll_s must be > 0 and unload_after_s >= 0, got "
+                              f"{self.model_poll_s}, {self.unload_after_s}")
         if self.batch_window_us < 0 or not self.idle_timeout_s > 0 or self.grace_s < 0:
             raise ConfigError("batch_window_us and grace_s must be >= 0, idle_timeout_s > 0 "
                               f"(got {self.batch_window_us}, {self.grace_s}, "
@@ -130,22 +141,35 @@ def check_bindable(host: str, port: int, option: str) -> None:
 
 
 class PolicyServer:
-    """A PolicyService for one loaded policy (an OnnxPolicy, or anything with `metadata`,
-    `provider` and `predict`). Binds in the constructor (a taken port fails there), serves
-    from `start()`."""
+    """A PolicyService for a loaded policy (an OnnxPolicy, or anything with `metadata`,
+    `provider` and `predict`), and the later versions of it that `repo` (a ModelRepository)
+    holds (versions.py). Binds in the constructor (a taken port fails there), serves from
+    `start()`.
 
-    def __init__(self, policy, config: ServerConfig | None = None):
+    follow_pointer: new sessions go where the repository's pointer says, reread on
+    `reread()` (SIGHUP) and every `config.model_poll_s`. open_policy(path): how a version
+    from the repository is opened (default: onnxruntime on the first policy's provider)."""
+
+    def __init__(self, policy, config: ServerConfig | None = None, *,
+                 repo: ModelRepository | None = None, follow_pointer: bool = False,
+                 open_policy: Callable[[Path], object] | None = None):
         self.policy = policy
         self.config = c = config or ServerConfig()
         m = policy.metadata
         self.metrics = Metrics()
-        # One batcher: the threads transport calls it, the asyncio one awaits its submit().
-        self.batcher = Batcher(policy.predict, c.max_batch, c.batch_window_us,
-                               on_batch=self.metrics.batch_size.observe)
-        self.store = SessionStore(m, self.batcher, infer_async=self.batcher.submit,
-                                  max_sessions=c.max_sessions, idle_timeout_s=c.idle_timeout_s)
+        if open_policy is None:
+            provider = "cuda" if policy.provider == "CUDAExecutionProvider" else "cpu"
+            open_policy = partial(OnnxPolicy, provider=provider)
+        # Each version has one batcher: the threads transport calls it, asyncio awaits submit().
+        self.versions = Versions(
+            policy, dict(max_sessions=c.max_sessions, idle_timeout_s=c.idle_timeout_s),
+            metrics=self.metrics, max_batch=c.max_batch, batch_window_us=c.batch_window_us,
+            repo=repo, follow_pointer=follow_pointer, max_versions=c.max_versions,
+            unload_after_s=c.unload_after_s, open_policy=open_policy)
+        self.store = self.versions.store
+        self.batcher = self.versions.policies[m.model_version][1]  # the first version's
         self.metrics.watch_store(self.store)
-        self.info = policy_info(policy)
+        self._reread = threading.Event()
 
         recv, send = message_limits(m.obs_dim, m.act_dim, c.max_batch_requests)
         options = [
@@ -154,8 +178,9 @@ class PolicyServer:
             ("grpc.max_send_message_length", send),
         ]
         transport = TRANSPORTS[c.transport]
-        self.core = PolicyCore(self.store, self.info, self.metrics, c.max_batch_requests,
-                               asynchronous=transport.asynchronous)
+        self.core = PolicyCore(self.store, self.describe, self.metrics, c.max_batch_requests,
+                               asynchronous=transport.asynchronous,
+                               load=self.versions.load if repo is not None else None)
         self._transport: Transport = transport(self.core, options, c.auth_token, c.threads)
         # "" starts SERVING in grpc's servicer: not before the warm-up.
         self._transport.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -170,7 +195,21 @@ class PolicyServer:
         self._stopping = threading.Event()
         self.serving = False  # health SERVING: loaded, warmed up, not draining
         self._sweeper: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         self.metrics_port: int | None = None
+
+    def describe(self) -> pb.PolicyInfo:
+        """GetPolicyInfo's answer: the current version's, with every version held."""
+        s = self.store
+        info = policy_info(self.versions.current_policy())
+        info.loaded_versions[:] = [m.version for m in s.models()]
+        if s.canary is not None:
+            info.canary_version, info.canary_fraction = s.canary.version, s.canary_fraction
+        return info
+
+    def reread(self) -> None:
+        """Reread the model repository's pointer now (SIGHUP), not at the next poll."""
+        self._reread.set()
 
     def _bind(self, c: ServerConfig) -> tuple[str, int]:
         host = f"[{c.host}]" if ":" in c.host and not c.host.startswith("[") else c.host
@@ -209,8 +248,13 @@ class PolicyServer:
         # Warm-up: onnxruntime's first run allocates and optimises; no client should pay it.
         m = self.policy.metadata
         self.policy.predict(m.new_window().observe(np.zeros(m.obs_dim, np.float32)))
+        self.versions.follow()  # a canary the pointer names at start serves from the start
         self._sweeper = threading.Thread(target=self._sweep, name="vidt-expiry", daemon=True)
         self._sweeper.start()
+        if self.versions.repo is not None:
+            self._watcher = threading.Thread(target=self._watch, name="vidt-models",
+                                             daemon=True)
+            self._watcher.start()
         self._transport.set_health(health_pb2.HealthCheckResponse.SERVING)
         self.serving = True
 
@@ -224,6 +268,19 @@ class PolicyServer:
             if n:
                 log.info("ended %d stream(s) idle for more than %g s", n,
                          self.config.idle_timeout_s)
+
+    def _watch(self) -> None:
+        """Loads and unloads run here, so neither holds up session expiry."""
+        while not self._stopping.is_set():
+            self._reread.wait(self.config.model_poll_s)
+            self._reread.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                self.versions.follow()
+                self.versions.unload()
+            except Exception:  # a bug: keep serving what is held, say so
+                log.exception("model repository watch failed")
 
     def drain(self, grace_s: float | None = None, force: threading.Event | None = None) -> None:
         """Graceful shutdown: health NOT_SERVING and no new sessions at once; open sessions
@@ -248,8 +305,9 @@ class PolicyServer:
         self._transport.health_shutdown()
         self.store.drain()
         self._stopping.set()
+        self._reread.set()
         self._transport.stop(grace)
-        self.batcher.close()
+        self.versions.close()
         self.metrics.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -258,22 +316,38 @@ class PolicyServer:
         return self._transport.wait(timeout)
 
 
-def serve(model: str | Path, config: ServerConfig, provider: str = "auto",
-          ort_threads: int | None = None) -> int:
-    """Load `model`, serve until SIGTERM/SIGINT, drain, return the exit status (0).
-    A second signal during the drain stops at once."""
+def open_policy(path: str | Path, provider: str = "auto",
+                ort_threads: int | None = None) -> OnnxPolicy:
+    """An exported file in onnxruntime; ModelFileError, one line, for a file that is not one."""
     from vidt.errors import ModelFileError, VidtError
 
-    from .runtime import OnnxPolicy
-
     try:
-        policy = OnnxPolicy(model, provider=provider, intra_op_threads=ort_threads)
+        return OnnxPolicy(path, provider=provider, intra_op_threads=ort_threads)
     except VidtError:
         raise
     except Exception as e:  # e.g. invalid UTF-8 in a corrupted file's metadata: still the file
-        raise ModelFileError(f"{model}: not a loadable vidt policy file ({type(e).__name__}: "
+        raise ModelFileError(f"{path}: not a loadable vidt policy file ({type(e).__name__}: "
                              f"{e})") from None
-    server = PolicyServer(policy, config)
+
+
+def serve(model: str | Path | None, config: ServerConfig, provider: str = "auto",
+          ort_threads: int | None = None, model_repo: str | Path | None = None) -> int:
+    """Load `model` (or the current version of `model_repo`'s pointer), serve until
+    SIGTERM/SIGINT, drain, return the exit status (0). A second signal during the drain
+    stops at once; SIGHUP rereads the repository's pointer."""
+    repo = ModelRepository(model_repo) if model_repo is not None else None
+    follow = model is None  # with --model, the file is current and the pointer is not read
+    if model is None:
+        if repo is None:
+            raise ConfigError("give --model FILE or --model-repo DIR")
+        current = repo.read_pointer().current
+        if current is None:
+            raise ConfigError(f"{repo.root}: the pointer names no current version: make one "
+                              f"with `vidt models promote {repo.root} FILE`")
+        model = repo.resolve(current).path
+    opener = partial(open_policy, provider=provider, ort_threads=ort_threads)
+    policy = opener(model)
+    server = PolicyServer(policy, config, repo=repo, follow_pointer=follow, open_policy=opener)
     signals = threading.Event()
     force = threading.Event()
 
@@ -283,6 +357,7 @@ def serve(model: str | Path, config: ServerConfig, provider: str = "auto",
                  config.grace_s)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: server.reread())
     try:
         server.start()
         m = policy.metadata
@@ -294,6 +369,10 @@ def serve(model: str | Path, config: ServerConfig, provider: str = "auto",
                  config.transport if config.transport != "threads" else
                  f"threads ({config.threads}, batch_window_us={config.batch_window_us})",
                  f" metrics=:{server.metrics_port}" if server.metrics_port else "")
+        if repo is not None:
+            log.info("model repository %s: %s", repo.root,
+                     "following its pointer (SIGHUP rereads it)" if follow else
+                     "for resumes and pinned sessions of other versions")
         while not signals.wait(0.5):
             pass
         server.drain(config.grace_s, force=force)

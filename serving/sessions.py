@@ -23,11 +23,20 @@ Inference is given to the store when it is made: `infer(list[WindowInputs]) -> (
 `act`/`act_batch`, and `infer_async(list[WindowInputs]) -> Future of (n, A)` (the same
 Batcher's `submit`) for `act_async`/`act_batch_async`, which callers on an event loop use.
 Both paths share every rule above: `_begin` decides and `_settle` keeps or undoes.
+
+Model versions. A store may hold several versions of one policy (a `Model` each: its metadata
+and its inference), all with the same observation and action sizes and bounds. A session runs
+its whole episode on the version it was created on: new sessions get the current version, or
+the canary for a share of route keys (the same key always gets the same side), or the
+version they pin; a resume goes on with its own version or is refused. An ActBatch that spans
+versions runs one inference per version and is still all-or-nothing. A version that is neither
+current nor canary leaves (`unload_idle`) once its last session has ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import secrets
@@ -54,6 +63,31 @@ def _nonempty(requests: Sequence[StepRequest]) -> list[StepRequest]:
     if not requests:
         raise InvalidArgument("empty batch: ActBatch needs at least one request")
     return list(requests)
+
+
+def _by_model(new) -> list[tuple[Model, list[int], list[WindowInputs]]]:
+    """The new steps of one call split by version: (model, their places in `new`, inputs)."""
+    groups: dict[str, tuple[Model, list[int], list[WindowInputs]]] = {}
+    for j, (_, s, _, _, inputs) in enumerate(new):
+        g = groups.setdefault(s.model.version, (s.model, [], []))
+        g[1].append(j)
+        g[2].append(inputs)
+    return list(groups.values())
+
+
+def _join(n: int, parts: list[tuple[list[int], np.ndarray]]) -> np.ndarray:
+    """The actions of `n` new steps put together from each version's batch."""
+    if len(parts) == 1:
+        return parts[0][1]
+    out = None
+    for idx, actions in parts:
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.ndim != 2 or actions.shape[0] != len(idx):
+            raise ValueError(f"inference returned shape {actions.shape} for {len(idx)} windows")
+        if out is None:
+            out = np.empty((n, actions.shape[1]), np.float32)
+        out[idx] = actions
+    return out
 
 
 def _resolve(f: asyncio.Future) -> None:
@@ -143,6 +177,7 @@ class SessionCreated:
 class SessionSummary:
     steps: int
     total_reward: float
+    model_version: str
 
 
 class _Pending:
@@ -166,18 +201,43 @@ class _Pending:
         return self.result  # type: ignore[return-value]
 
 
-class _Session:
-    __slots__ = ("id", "window", "last_used", "last", "pending")
+class Model:
+    """One version a store serves: the metadata its windows are built from, and its
+    inference. The counters are the store's (changed under its lock)."""
 
-    def __init__(self, sid: str, window: ContextWindow, now: float):
-        self.id, self.window, self.last_used = sid, window, now
+    def __init__(self, metadata, infer: Infer | None, infer_async: InferAsync | None = None):
+        self.meta = metadata
+        self.version = str(getattr(metadata, "model_version", ""))
+        self.infer = infer
+        self.infer_async = infer_async
+        self.sessions = 0  # open now
+        self.created = 0
+        self.steps = 0
+        self.idle_since = time.monotonic()  # since when it has had no session
+
+    def __repr__(self) -> str:
+        return f"Model({self.version!r}, sessions={self.sessions})"
+
+
+def route_fraction(key: str) -> float:
+    """A route key's place in [0, 1): the same on every replica and in every run, so that a
+    canary share sends each key (a robot) to one side, always."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0**64
+
+
+class _Session:
+    __slots__ = ("id", "window", "last_used", "last", "pending", "model")
+
+    def __init__(self, sid: str, window: ContextWindow, now: float, model: Model):
+        self.id, self.window, self.last_used, self.model = sid, window, now, model
         self.last: StepResult | None = None  # the answer to the last step (for retries)
         self.pending: _Pending | None = None
 
 
 class SessionStore:
-    """Thread-safe sessions over one policy. `metadata` needs obs_dim, act_dim, context_len,
-    eval_context_len, default_target_return, action_low and action_high (a PolicyMetadata)."""
+    """Thread-safe sessions over one policy (and later versions of it, `add_model`).
+    `metadata` needs obs_dim, act_dim, context_len, eval_context_len, default_target_return,
+    action_low and action_high (a PolicyMetadata)."""
 
     def __init__(self, metadata, infer: Infer, *, max_sessions: int = 1024,
                  idle_timeout_s: float = 300.0, clock: Callable[[], float] = time.monotonic,
@@ -186,10 +246,12 @@ class SessionStore:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         if not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
-        self.meta = metadata
-        self.model_version = str(getattr(metadata, "model_version", ""))
-        self.infer = infer
-        self.infer_async = infer_async
+        self.meta = metadata  # its sizes and bounds are every version's
+        first = Model(metadata, infer, infer_async)
+        self._models: dict[str, Model] = {first.version: first}
+        self._current = first  # what new sessions get
+        self._canary: Model | None = None  # what new sessions of a `canary_fraction` share get
+        self.canary_fraction = 0.0
         self.max_sessions = int(max_sessions)
         self.idle_timeout_s = float(idle_timeout_s)
         self.clock = clock
@@ -207,6 +269,81 @@ class SessionStore:
         self.expired_total = 0
         self.steps_total = 0
 
+    # ---- versions ---------------------------------------------------------------------
+    @property
+    def current(self) -> Model:
+        return self._current
+
+    @property
+    def canary(self) -> Model | None:
+        return self._canary
+
+    @property
+    def model_version(self) -> str:
+        """The current version: what a new session gets unless it pins one (or is canary)."""
+        return self._current.version
+
+    def models(self) -> list[Model]:
+        """The versions held, the current one first."""
+        with self._lock:
+            return sorted(self._models.values(), key=lambda m: m is not self._current)
+
+    def holds(self, version: str) -> bool:
+        return version in self._models
+
+    def add_model(self, model: Model) -> None:
+        """Hold another version (its sessions come by `route`, a pin or a resume)."""
+        m, n = self.meta, model.meta
+        if (n.obs_dim, n.act_dim) != (m.obs_dim, m.act_dim) or not (
+                np.array_equal(np.asarray(n.action_low, np.float32), self._low)
+                and np.array_equal(np.asarray(n.action_high, np.float32), self._high)):
+            raise ValueError(f"model {model.version} has other sizes or action bounds than "
+                             f"this store's ({m.obs_dim} -> {m.act_dim})")
+        with self._lock:
+            self._models.setdefault(model.version, model)
+
+    def route(self, current: str, canary: str | None = None, fraction: float = 0.0) -> None:
+        """New sessions from now on: `current`'s, or `canary`'s for a `fraction` of route keys.
+        Both must be held. Open sessions keep their version."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"canary fraction must be in [0, 1], got {fraction}")
+        with self._lock:
+            cur = self._models[current]
+            can = self._models[canary] if canary and fraction > 0 else None
+            self._current, self._canary = cur, can
+            self.canary_fraction = fraction if can is not None else 0.0
+
+    def unload_idle(self, idle_s: float = 0.0) -> list[Model]:
+        """Drop the versions that are neither current nor canary and have had no session
+        for `idle_s`; returns them (their inference is the caller's to free)."""
+        now = time.monotonic()
+        with self._lock:
+            gone = [m for m in self._models.values()
+                    if m is not self._current and m is not self._canary and m.sessions == 0
+                    and now - m.idle_since >= idle_s]
+            for m in gone:
+                del self._models[m.version]
+        return gone
+
+    def _held(self) -> str:
+        return ", ".join(_quote(v) for v in self._models)
+
+    def _pick(self, model_version: str, route: str | None) -> Model:
+        """The version a new session runs on."""
+        if model_version:
+            model = self._models.get(model_version)
+            if model is None:
+                raise FailedPrecondition(
+                    f"model_version {_quote(model_version)} is not held by this server (it "
+                    f"holds {self._held()}): no session created")
+            return model
+        canary, fraction = self._canary, self.canary_fraction
+        if canary is not None:
+            place = route_fraction(route) if route else secrets.randbelow(2**53) / 2.0**53
+            if place < fraction:
+                return canary
+        return self._current
+
     # ---- sessions ---------------------------------------------------------------------
     @property
     def active(self) -> int:
@@ -220,24 +357,23 @@ class SessionStore:
         """Refuse new sessions from now on (shutdown); open sessions may still step."""
         self._draining = True
 
-    def create(self, target_return: float | None = None,
-               model_version: str = "") -> SessionCreated:
+    def create(self, target_return: float | None = None, model_version: str = "",
+               route: str | None = None) -> SessionCreated:
         """A new episode, conditioned on `target_return` (default: the model's), on
-        `model_version` if given (FAILED_PRECONDITION, nothing created, for a model this
-        store does not hold)."""
-        if model_version and model_version != self.model_version:
-            raise FailedPrecondition(
-                f"model_version {_quote(model_version)} is not held by this server (it holds "
-                f"{_quote(self.model_version)}): no session created")
-        if target_return is None:
-            target_return = float(self.meta.default_target_return)
-        elif not (math.isfinite(target_return) and abs(target_return) <= F32_MAX):
+        `model_version` if given (FAILED_PRECONDITION, nothing created, for a version this
+        store does not hold), else on the version `route` (a route key) is sent to."""
+        if target_return is not None and not (math.isfinite(target_return)
+                                              and abs(target_return) <= F32_MAX):
             raise InvalidArgument(f"target_return must be finite (as a float32), got "
                                   f"{target_return}")
-        window = self.meta.new_window(float(target_return))
-        sid, n_open = self._admit(window, None)
-        log.info("session %s opened (target return %g; %d open)", sid, target_return, n_open)
-        return self._created(sid, window)
+        model = self._pick(model_version, route)
+        if target_return is None:
+            target_return = float(model.meta.default_target_return)
+        window = model.meta.new_window(float(target_return))
+        sid, n_open = self._admit(model, window, None)
+        log.info("session %s opened on %s (target return %g; %d open)", sid, model.version,
+                 target_return, n_open)
+        return self._created(sid, window, model)
 
     def resume(self, state: ResumeState) -> SessionCreated:
         """A new session that goes on with an episode begun on another server (or before a
@@ -245,18 +381,19 @@ class SessionStore:
         given, and a repeat of step next_step - 1 gets the last record's answer. Refused with
         nothing created: INVALID_ARGUMENT naming the field, FAILED_PRECONDITION for another
         model."""
-        window, last = self._restored_window(state)
-        sid, n_open = self._admit(window, last)
-        log.info("session %s resumed at step %d (%d open)", sid, window.step, n_open)
-        return self._created(sid, window)
-
-    def _restored_window(self, state: ResumeState) -> tuple[ContextWindow, StepResult]:
-        m = self.meta
-        ours = self.model_version
-        if state.model_version != ours:
+        model = self._models.get(state.model_version)
+        if model is None:
             raise FailedPrecondition(
-                f"resume.model_version {_quote(state.model_version)} is not the model this "
-                f"server holds ({_quote(ours)}): an episode can only go on with the same model")
+                f"resume.model_version {_quote(state.model_version)} is not held by this "
+                f"server (it holds {self._held()}): an episode can only go on with the same "
+                "model")
+        window, last = self._restored_window(state, model.meta)
+        sid, n_open = self._admit(model, window, last)
+        log.info("session %s resumed at step %d on %s (%d open)", sid, window.step,
+                 model.version, n_open)
+        return self._created(sid, window, model)
+
+    def _restored_window(self, state: ResumeState, m) -> tuple[ContextWindow, StepResult]:
         step = state.next_step
         if not 1 <= step < 2**62:
             raise InvalidArgument(f"resume.next_step must be >= 1 (the step the next Act "
@@ -296,10 +433,14 @@ class SessionStore:
         window.restore(step, obs, act, rtg, state.total_reward)
         return window, StepResult("", step - 1, act[-1].copy(), float(rtg[-1]))
 
-    def _admit(self, window: ContextWindow, last: StepResult | None) -> tuple[str, int]:
-        """Register a new session holding `window` (and the answer to its last step);
-        returns its id and the number open."""
+    def _admit(self, model: Model, window: ContextWindow,
+               last: StepResult | None) -> tuple[str, int]:
+        """Register a new session on `model` holding `window` (and the answer to its last
+        step); returns its id and the number open."""
         with self._lock:
+            if self._models.get(model.version) is not model:  # unloaded since it was picked
+                raise Unavailable(f"model_version {_quote(model.version)} was unloaded "
+                                  "meanwhile: try again")
             if self._draining:
                 raise Unavailable("server is draining for shutdown: no new sessions")
             if len(self._sessions) >= self.max_sessions:
@@ -309,27 +450,29 @@ class SessionStore:
                     f"session limit reached ({self.max_sessions} open): close finished "
                     f"sessions, or wait for idle ones to expire after {self.idle_timeout_s:g} s")
             sid = secrets.token_urlsafe(12)
-            s = _Session(sid, window, self.clock())
+            s = _Session(sid, window, self.clock(), model)
             if last is not None:
                 s.last = replace(last, session_id=sid)
                 self.resumed_total += 1
             self._sessions[sid] = s
             self.created_total += 1
+            model.sessions += 1
+            model.created += 1
             return sid, len(self._sessions)
 
-    def _created(self, sid: str, window: ContextWindow) -> SessionCreated:
-        return SessionCreated(sid, window.target_return, int(self.meta.context_len),
-                              int(math.ceil(self.idle_timeout_s)), self.model_version)
+    def _created(self, sid: str, window: ContextWindow, model: Model) -> SessionCreated:
+        return SessionCreated(sid, window.target_return, int(model.meta.context_len),
+                              int(math.ceil(self.idle_timeout_s)), model.version)
 
     def close(self, session_id: str) -> SessionSummary:
         with self._lock:
             s = self._get_locked(session_id, self.clock())
-            del self._sessions[session_id]
+            self._drop_locked(s)
             self._remember_locked(session_id, "closed")
             self.closed_total += 1
         log.info("session %s closed after %d steps (return %g)", session_id, s.window.step,
                  s.window.total_reward)
-        return SessionSummary(steps=s.window.step, total_reward=s.window.total_reward)
+        return SessionSummary(s.window.step, s.window.total_reward, s.model.version)
 
     def expire_idle(self) -> int:
         """Free the sessions idle longer than the timeout; returns how many."""
@@ -354,8 +497,10 @@ class SessionStore:
     def _act(self, requests: list[StepRequest], batch: bool) -> list[StepResult]:
         results, waits, new = self._begin(requests, batch)
         if new:
+            groups = _by_model(new)
             try:
-                out = self.infer([inp for *_, inp in new])
+                out = _join(len(new), [(idx, model.infer(inputs))
+                                       for model, idx, inputs in groups])
             except Exception as e:
                 out = e
             self._settle(new, results, batch, out)
@@ -377,9 +522,14 @@ class SessionStore:
 
             def settle(inference: asyncio.Future) -> None:
                 try:
-                    self._settle(new, results, batch, Unavailable(
-                        "the server stopped during inference") if inference.cancelled()
-                        else inference.exception() or inference.result())
+                    out = (Unavailable("the server stopped during inference")
+                           if inference.cancelled() else inference.exception())
+                    if out is None:
+                        out = inference.result()
+                        if len(groups) > 1:
+                            out = _join(len(new), [(idx, o) for (_, idx, _), o
+                                                   in zip(groups, out)])
+                    self._settle(new, results, batch, out)
                 except BaseException as e:  # noqa: BLE001  (handed to the caller)
                     if not done.done():
                         done.set_exception(e)
@@ -387,8 +537,13 @@ class SessionStore:
                     if not done.done():
                         done.set_result(None)
 
+            groups = _by_model(new)
             try:
-                inference = self.infer_async([inp for *_, inp in new])
+                if len(groups) == 1:
+                    inference = groups[0][0].infer_async(groups[0][2])
+                else:  # one batch per version, joined in `settle` (`_join` below)
+                    inference = asyncio.gather(*(m.infer_async(inputs)
+                                                 for m, _, inputs in groups))
             except Exception as e:  # failed before it began: undo now, as the sync path does
                 self._settle(new, results, batch, e)
             inference.add_done_callback(settle)
@@ -518,6 +673,7 @@ class SessionStore:
                 w.record_action(actions[j])
                 res = StepResult(s.id, p.step, actions[j].copy(), float(w.return_to_go))
                 s.window, s.last, s.pending, s.last_used = w, res, None, now
+                s.model.steps += 1
                 p.result = res
                 p.finish()
                 results[i] = res
@@ -546,8 +702,14 @@ class SessionStore:
             self._expire_one_locked(s)
         return len(idle)
 
-    def _expire_one_locked(self, s: _Session) -> None:
+    def _drop_locked(self, s: _Session) -> None:
         del self._sessions[s.id]
+        s.model.sessions -= 1
+        if s.model.sessions == 0:
+            s.model.idle_since = time.monotonic()
+
+    def _expire_one_locked(self, s: _Session) -> None:
+        self._drop_locked(s)
         self._remember_locked(s.id, "expired")
         self.expired_total += 1
         log.info("session %s expired after %g s idle (%d steps)", s.id, self.idle_timeout_s,

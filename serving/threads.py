@@ -39,7 +39,7 @@ class ThreadsTransport:
     def _call(self, method: str, rpc, request, context):
         t0 = time.perf_counter()
         try:
-            answer = run_now(rpc(request))
+            answer = run_now(rpc(request, context))
         except Exception as e:
             context.abort(*self.core.failed(method, e))
         self.core.succeeded(method, t0)

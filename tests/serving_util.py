@@ -126,13 +126,15 @@ TRANSPORT = {"name": "threads"}
 
 
 @contextlib.contextmanager
-def running_server(policy, **config):
-    """A real PolicyServer on a free loopback port, stopped on exit. Yields the server."""
+def running_server(policy, *, repo=None, follow_pointer=False, **config):
+    """A real PolicyServer on a free loopback port, stopped on exit. Yields the server.
+    repo, follow_pointer: a model repository, as `vidt serve --model-repo` gives one."""
     from vidt.serving.server import PolicyServer, ServerConfig
 
     config.setdefault("port", 0)
     config.setdefault("transport", TRANSPORT["name"])
-    server = PolicyServer(policy, ServerConfig(**config))
+    server = PolicyServer(policy, ServerConfig(**config), repo=repo,
+                          follow_pointer=follow_pointer)
     server.start()
     try:
         yield server

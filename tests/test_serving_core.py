@@ -406,7 +406,7 @@ def test_malformed_or_foreign_resume_is_refused_and_creates_nothing():
         return with_(history=h[:i] + [StepRecord(**{**h[i].__dict__, **kw})] + h[i + 1:])
 
     _refused(store, with_(model_version="other"), FailedPrecondition,
-             r"resume.model_version 'other' is not the model this server holds \('numpy'\)")
+             r"resume.model_version 'other' is not held by this server \(it holds 'numpy'\)")
     _refused(store, with_(next_step=0), InvalidArgument, r"resume.next_step must be >= 1")
     _refused(store, with_(history=h[1:]), InvalidArgument,
              r"resume.history has 3 records, expected the last 4")
@@ -559,7 +559,7 @@ def test_async_steps_are_undone_whatever_fails_before_inference_runs():
             sid = store.create().session_id
             with pytest.raises((ServingError, MemoryError)):
                 await asyncio.wait_for(store.act_async(StepRequest(sid, 0, obs[0], 0.0)), 5)
-            store.infer_async = Batcher(actor.predict).submit
+            store.current.infer_async = Batcher(actor.predict).submit
             r = await asyncio.wait_for(store.act_async(StepRequest(sid, 0, obs[0], 0.0)), 5)
             assert r.step == 0  # the same step again: the failure left nothing pending
 

@@ -346,7 +346,7 @@ def test_an_episode_never_resumes_onto_another_model(policy, tmp_path):
             assert s.model_version == v2.metadata.model_version
             s.act(obs[0], rew[0])
         with running_server(policy, port=port), \
-                pytest.raises(ServerError, match="is not the model this server holds") as e:
+                pytest.raises(ServerError, match="is not held by this server") as e:
             s.act(obs[1], rew[1])  # v2's session is unknown here: the resume must be refused
         assert code_of(e) == C.FAILED_PRECONDITION
 
