@@ -3,10 +3,15 @@ the many-robots setup on one machine, and for the tests that kill replicas under
 
     python deploy/haproxy/replicas.py --model policy.onnx -n 3 --port 50051 \
         --workdir runs/replicas [-- SERVE_OPTIONS...]
+    python deploy/haproxy/replicas.py --model-repo models/ -n 3    # one shared repository
     vidt eval --server 127.0.0.1:50051 --episodes 10     # in another shell
     python deploy/haproxy/replicas.py admin runs/replicas/haproxy.sock "show stat"
 
 The options after `--` go to every `vidt serve` (e.g. `-- --auth-token-file token.txt`).
+With `--model-repo DIR` every replica follows DIR's pointer (`vidt models promote DIR FILE`
+upgrades the fleet, `vidt models rollback DIR` goes back) and any replica can resume an
+episode on any version in DIR; with both `--model` and `--model-repo`, each replica serves the
+file and loads other versions from DIR only for resumes.
 `admin SOCKET COMMAND` sends one command to HAProxy's admin socket (what `socat` would).
 
 The proxy's configuration is deploy/haproxy/haproxy.cfg with its bind, server and socket lines
@@ -64,7 +69,7 @@ def render(template: str, proxy_port: int, replicas: list[tuple[int, int]],
 class Replica:
     """One `vidt serve` process; restart() brings it back on the same ports."""
 
-    def __init__(self, name: str, model: str, log_dir: Path, args: list[str]):
+    def __init__(self, name: str, model: str | None, log_dir: Path, args: list[str]):
         self.name, self.model, self.log_dir, self.args = name, model, log_dir, args
         self.port, self.metrics_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -76,7 +81,8 @@ class Replica:
         self.model = model or self.model
         self.starts += 1
         log = open(self.log_dir / f"{self.name}-{self.starts}.log", "w")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "vidt.cli.main", "serve", "--model", self.model,
+        cmd = [sys.executable, "-m", "vidt.cli.main", "serve",
+               *(("--model", self.model) if self.model else ()),
                "--port", str(self.port), "--metrics-port", str(self.metrics_port), *self.args]
         self.proc = subprocess.Popen(with_parent(cmd), stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -128,17 +134,20 @@ class Replicas:
     """n replicas and one HAProxy in front of them; a context manager that leaves nothing
     running. `address` is the proxy's."""
 
-    def __init__(self, model: str | Path, n: int = 3, *, port: int = 0,
+    def __init__(self, model: str | Path | None, n: int = 3, *, port: int = 0,
                  serve_args: tuple[str, ...] = ("--ort-threads", "1"),
-                 workdir: str | Path | None = None):
+                 workdir: str | Path | None = None, model_repo: str | Path | None = None):
         if shutil.which("haproxy") is None:
             raise RuntimeError("haproxy is not on the PATH (Debian/Ubuntu: apt-get install "
                                "haproxy)")
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="vidt-replicas-")
         self.dir = Path(workdir or self._tmp.name)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.replicas = [Replica(f"r{i + 1}", str(model), self.dir, list(serve_args))
-                         for i in range(n)]
+        if model is None and model_repo is None:
+            raise ValueError("give a model, a model repository, or both")
+        repo_args = ["--model-repo", str(Path(model_repo).resolve())] if model_repo else []
+        self.replicas = [Replica(f"r{i + 1}", str(model) if model else None, self.dir,
+                                 [*repo_args, *serve_args]) for i in range(n)]
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.admin_socket = str(self.dir.resolve() / "haproxy.sock")  # haproxy: absolute
@@ -296,19 +305,24 @@ def main(argv: list[str] | None = None) -> int:
         argv, serve_args = argv[:cut], serve_args + argv[cut + 1:]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="the exported policy.onnx every replica serves")
+    p.add_argument("--model", help="the exported policy.onnx every replica serves")
+    p.add_argument("--model-repo", help="a model repository every replica follows (vidt models)")
     p.add_argument("-n", type=int, default=3, help="replicas (default 3)")
     p.add_argument("--port", type=int, default=50051, help="the proxy's port (default 50051)")
     p.add_argument("--workdir", default=None,
                    help="where the generated haproxy.cfg and the logs go (default: a temp dir)")
     a = p.parse_args(argv)
-    if not Path(a.model).is_file():
+    if a.model is None and a.model_repo is None:
+        p.error("give --model FILE, --model-repo DIR, or both")
+    if a.model is not None and not Path(a.model).is_file():
         p.error(f"--model {a.model}: no such file")
+    if a.model_repo is not None and not Path(a.model_repo).is_dir():
+        p.error(f"--model-repo {a.model_repo}: no such directory")
     if a.n < 1:
         p.error("-n must be >= 1")
     try:
         cluster = Replicas(a.model, a.n, port=a.port, workdir=a.workdir,
-                           serve_args=tuple(serve_args)).start()
+                           serve_args=tuple(serve_args), model_repo=a.model_repo).start()
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -363,3 +365,136 @@ def test_the_admin_command_reaches_haproxy_without_socat(cluster):
     p = subprocess.run([sys.executable, str(script), "admin", "/nonexistent.sock", "show stat"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and p.stderr.startswith("error: /nonexistent.sock")
+
+
+class VersionFleet(Fleet):
+    """Fleet whose every episode is kept: (episode k, the version it began on, when it
+    began, its actions), for checking each against a single server on that version."""
+
+    def __init__(self, address: str, rounds_until: threading.Event):
+        super().__init__(address, rounds_until)
+        self.done: list[tuple[int, str, float, np.ndarray]] = []
+
+    def _unary(self, k, stream=False):
+        c = self._client()
+
+        def one():
+            obs, rew = inputs(k)
+            with (c.stream() if stream else c.session()) as s:
+                began = time.monotonic()
+                acts = []
+                for t in range(T):
+                    acts.append(s.act(obs[t], rew[t]))
+                    self._tick()
+                acts = np.stack(acts)
+            with self.lock:
+                self.done.append((k, s.model_version, began, acts))
+        return lambda: self._loop(one)
+
+    def _batch(self, ks):
+        c = self._client()
+
+        def one():
+            eps = [inputs(k) for k in ks]
+            with c.sessions(len(ks)) as b:
+                began = time.monotonic()
+                acts = []
+                for t in range(T):
+                    acts.append(b.act(np.stack([o[t] for o, _ in eps]),
+                                      np.array([r[t] for _, r in eps])))
+                    self._tick(len(ks))
+                versions = [s.model_version for s in b.sessions]
+            acts = np.stack(acts, axis=1)  # (len(ks), T, A)
+            with self.lock:
+                self.done += [(k, v, began, a) for k, v, a in zip(ks, versions, acts)]
+        return lambda: self._loop(one)
+
+
+def _events(replica, event: str, version: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{replica.metrics_port}/metrics",
+                                timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(rf'^vidt_model_events_total{{event="{event}",version="{version}"}} (\S+)$',
+                  text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _current(replica) -> tuple[str, list[str]]:
+    with PolicyClient(replica.address, retries=0, failover=False) as c:
+        info = c.info()
+        return info.model_version, list(info.loaded_versions)
+
+
+def test_promotion_restarts_and_rollback_of_a_fleet_fail_no_episode(tmp_path):
+    """3 replicas following one model repository; 32 episodes run while (a) v2 is promoted,
+    (b) every replica is restarted in turn, (c) v1 is rolled back to. No episode fails, each
+    one's actions equal a single server's on the version it began on, episodes begun after
+    the promotion run v2, and the replicas end up holding v1 alone."""
+    from vidt.serving.repository import ModelRepository
+
+    (tmp_path / "models").mkdir()
+    repo = ModelRepository(tmp_path / "models")
+    files = [make_dt_onnx(tmp_path / f"dt{seed}.onnx", obs_dim=3, act_dim=2, K=4, eval_len=4,
+                          seed=seed) for seed in (0, 1)]
+    v1, v2 = (repo.add(f).version for f in files)
+    repo.promote(v1)
+    ref = {}
+    for v, f in zip((v1, v2), files):  # every episode on one uninterrupted server
+        eps = [inputs(k) for k in range(N)]
+        with running_server(OnnxPolicy(f, provider="cpu", intra_op_threads=1)) as srv, \
+                PolicyClient(srv.address) as c, c.sessions(N) as b:
+            ref[v] = np.stack([b.act(np.stack([o[t] for o, _ in eps]),
+                                     np.array([r[t] for _, r in eps])) for t in range(T)],
+                              axis=1)
+    assert not np.allclose(ref[v1], ref[v2])
+
+    def switch(to: str) -> float:
+        """Every replica told (SIGHUP) and answering with `to`; returns when."""
+        for r in cluster.replicas:
+            r.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while any(_current(r)[0] != to for r in cluster.replicas):
+            assert time.monotonic() < deadline, "a replica did not switch"
+            time.sleep(0.05)
+        return time.monotonic()
+
+    with REPLICAS.Replicas(None, 3, serve_args=SERVE_ARGS, workdir=tmp_path / "c",
+                           model_repo=repo.root) as cluster:
+        done = threading.Event()
+        fleet = VersionFleet(cluster.address, rounds_until=done)
+        fleet.start()
+        fleet.wait_steps(N * T // 3)
+        fleet.go.clear()  # every episode between two steps, on v1
+        time.sleep(0.2)
+        repo.promote(v2)  # (a)
+        promoted = switch(v2)
+        for i, r in enumerate(cluster.replicas):  # (b)
+            r.signal(signal.SIGTERM)
+            assert r.wait_exit(30) == 0
+            cluster.restart(i)
+            assert _current(r) == (v2, [v2])  # back on the same repository's pointer
+            if i == 0:
+                # The first one's v1 episodes were cut mid-way: their keys still lead to it,
+                # and it must load v1 from the repository to resume them.
+                fleet.go.set()
+                fleet.wait_steps(fleet.steps + N * 8)
+                assert _events(r, "loaded", v1) >= 1
+            fleet.wait_steps(fleet.steps + N * 8)
+        rolling_back = time.monotonic()
+        repo.rollback()  # (c)
+        switch(v1)
+        fleet.wait_steps(fleet.steps + N * T // 2)
+        done.set()
+        fleet.join()
+        assert not fleet.errors, fleet.errors
+        versions = {v for _, v, _, _ in fleet.done}
+        assert versions == {v1, v2}
+        for k, v, began, acts in fleet.done:
+            np.testing.assert_array_equal(acts, ref[v][k], err_msg=f"episode {k} on {v}")
+            if promoted < began < rolling_back:
+                assert v == v2, f"episode {k} began after the promotion on {v}"
+        # The last sessions on v2 ended: every replica goes back to holding v1 alone.
+        deadline = time.monotonic() + 30
+        while any(_current(r)[1] != [v1] for r in cluster.replicas):
+            assert time.monotonic() < deadline, [_current(r) for r in cluster.replicas]
+            time.sleep(0.2)
