@@ -24,7 +24,14 @@
    and what a resume costs: CreateSession plain vs with a resume (a full context of history),
    and one failover step as the client lives it (Act -> NOT_FOUND -> resume -> Act again).
 
-`--parts` picks sections (latency, throughput, proxy; default all). `--aio-echo` adds the echo
+6. Model versions (`--parts versions`; `vidt serve --model-repo`): lone-client Act p50 on a
+   server holding a second version (one idle session pinned to it) vs one holding one,
+   in rounds                                                with / without  target <= 1.05
+   the time a CreateSession pinned to a version not yet held takes (load and warm-up
+   included), and Act p50/p99 of running sessions while the pointer is promoted to a new
+   version every second, against the same load without promotions.
+
+`--parts` picks sections (latency, throughput, proxy, versions; default the first three). `--aio-echo` adds the echo
 server on grpc.aio (the asyncio transport's own ceiling) to the latency and throughput parts.
 `--baseline-python PY` also runs `vidt serve` from another install (e.g. a checkout of an
 earlier commit in its own venv) beside this one, in the same rounds: before/after on the same
@@ -99,7 +106,7 @@ def pct(xs, q) -> float:
     return float(np.percentile(np.asarray(xs) * 1e3, q))
 
 
-def make_model(out: Path, env_id: str, size: str) -> Path:
+def make_model(out: Path, env_id: str, size: str, seed: int = 0) -> Path:
     import torch
 
     from vidt.envs import env_dims, get_family
@@ -110,7 +117,7 @@ def make_model(out: Path, env_id: str, size: str) -> Path:
     S, A = env_dims(env_id)
     width, layers, heads, K = {"paper": (512, 4, 4, fam.context_len),
                                "small": (64, 2, 2, min(fam.context_len, 5))}[size]
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     dt = DecisionTransformer(ModelSpec(S, A), ModelConfig(context_len=K, d_model=width,
                                                           n_layer=layers, n_head=heads))
     from vidt.envs import make_env
@@ -313,6 +320,99 @@ def proxy(args, model: Path, meta) -> dict:
     return out
 
 
+def versions(args, model: Path, meta) -> dict:
+    """Part 6: what holding, loading and switching model versions costs running sessions."""
+    import signal
+    import threading
+
+    from vidt.serving.client import PolicyClient
+    from vidt.serving.repository import ModelRepository
+
+    obs = np.random.default_rng(0).normal(size=(256, meta.obs_dim)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        repo = ModelRepository(tmp)
+        # v[0]: the model; v[1]: resident beside it; v[2:5]: loaded on demand; v[5:8]: promoted.
+        v = [repo.add(model).version] + [
+            repo.add(make_model(Path(tmp) / f"seed{i}.x", args.env, args.size, seed=i)).version
+            for i in range(1, 8)]
+        repo.promote(v[0])
+        procs = {}
+        clients = {}
+        for name in ("one", "two"):
+            port = free_port()
+            cmd = [sys.executable, "-m", "vidt.cli.main", "serve", "--model-repo", tmp,
+                   "--port", str(port), "--provider", "cpu", "--ort-threads",
+                   str(args.ort_threads), "--threads", str(args.threads), "--max-versions", "16"]
+            procs[name] = stack.enter_context(Proc(cmd))
+            wait_serving(f"127.0.0.1:{port}", procs[name])
+            clients[name] = stack.enter_context(PolicyClient(f"127.0.0.1:{port}"))
+        resident = clients["two"].session(model_version=v[1])  # holds v[1] there, idle
+        k = [0]
+        timed = {name: stepper(c.session(), obs, k) for name, c in clients.items()}
+        for fn in timed.values():
+            time_calls(fn, 200)
+        lat = {name: [] for name in timed}
+        n = args.requests // args.rounds
+        for _ in range(args.rounds):
+            for name, fn in timed.items():
+                lat[name] += time_calls(fn, n)
+        held = list(clients["two"].info(refresh=True).loaded_versions)
+        assert held == [v[0], v[1]], held
+        resident.close()
+
+        loads = []
+        for ver in v[2:5]:
+            t0 = time.perf_counter()
+            s = clients["one"].session(model_version=ver)
+            loads.append(time.perf_counter() - t0)
+            s.close()
+
+        # Running sessions, quiet and then while the pointer moves to a new version each second.
+        c = clients["one"]
+        phase = {"now": "warm-up"}
+        seen: dict[str, list[float]] = {"quiet": [], "promoting": []}
+        stop = threading.Event()
+
+        def run():
+            s = c.session()
+            i = 0
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                s.act(obs[i % 256], 0.1)
+                dt = time.perf_counter() - t0
+                if phase["now"] in seen:
+                    seen[phase["now"]].append(dt)
+                i += 1
+            s.close()
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for th in threads:
+            th.start()
+        time.sleep(1.0)
+        phase["now"] = "quiet"
+        time.sleep(3.0)
+        phase["now"] = "promoting"
+        switched = []
+        for ver in v[5:8]:
+            t0 = time.perf_counter()
+            repo.promote(ver)
+            procs["one"].send_signal(signal.SIGHUP)
+            while c.info(refresh=True).model_version != ver:
+                time.sleep(0.005)
+            switched.append(time.perf_counter() - t0)
+            time.sleep(max(0.0, 1.0 - switched[-1]))
+        stop.set()
+        for th in threads:
+            th.join()
+    out = {name: {"p50": pct(x, 50), "p99": pct(x, 99), "n": len(x)} for name, x in lat.items()}
+    out["ratio_two_over_one_p50"] = out["two"]["p50"] / out["one"]["p50"]
+    out["pinned_create_with_load_ms"] = [round(x * 1e3, 1) for x in loads]
+    out["promote_to_serving_ms"] = [round(x * 1e3, 1) for x in switched]
+    for name, x in seen.items():
+        out[f"running_{name}"] = {"p50": pct(x, 50), "p99": pct(x, 99), "n": len(x)}
+    return out
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of process `pid` so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -398,7 +498,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=64, help="server worker threads")
     ap.add_argument("--ort-threads", type=int, default=1)
     ap.add_argument("--parts", default="latency,throughput,proxy",
-                    help="comma list of latency, throughput, proxy")
+                    help="comma list of latency, throughput, proxy, versions")
     ap.add_argument("--aio-echo", action="store_true",
                     help="also the echo server on grpc.aio (the asyncio transport's ceiling)")
     ap.add_argument("--baseline-python", default=None,
@@ -407,8 +507,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
-    if not parts <= {"latency", "throughput", "proxy"}:
-        ap.error(f"--parts: unknown {sorted(parts - {'latency', 'throughput', 'proxy'})}")
+    known = {"latency", "throughput", "proxy", "versions"}
+    if not parts <= known:
+        ap.error(f"--parts: unknown {sorted(parts - known)}")
 
     from vidt.serving.runtime import OnnxPolicy
 
@@ -420,11 +521,12 @@ def main() -> None:
         lat = latency(args, model, meta) if "latency" in parts else None
         tp = throughput(args, model, meta) if "throughput" in parts else None
         px = proxy(args, model, meta) if "proxy" in parts else None
+        vs = versions(args, model, meta) if "versions" in parts else None
     report = {"machine": machine(), "model": {"file": str(args.model or f"{args.env} {args.size}"),
               "obs_dim": meta.obs_dim, "act_dim": meta.act_dim, "K": meta.context_len,
               "eval_K": meta.eval_context_len}, "ort_threads": args.ort_threads,
               "server_threads": args.threads, "latency_ms": lat, "throughput": tp,
-              "proxy_ms": px, "seconds": time.time() - t0}
+              "proxy_ms": px, "versions_ms": vs, "seconds": time.time() - t0}
     if args.json:
         print(json.dumps(report))
         return
@@ -440,6 +542,8 @@ def main() -> None:
         print_throughput(tp)
     if px is not None:
         print_proxy(px)
+    if vs is not None:
+        print_versions(vs)
 
 
 NAMES = {"echo": "floor: gRPC echo, same server settings",
@@ -505,6 +609,24 @@ def print_proxy(P: dict) -> None:
     ok = "meets" if P["ratio_proxy_p50_over_direct"] <= 1.15 else "misses"
     print(f"proxy p50 / direct p50 = {P['ratio_proxy_p50_over_direct']:.3f} ({ok} the 1.15 "
           "target)")
+
+
+
+def print_versions(V: dict) -> None:
+    print("\nModel versions (vidt serve --model-repo), one client:")
+    print("| measurement | p50 ms | p99 ms |\n|---|---|---|")
+    for key, name in [("one", "Act, server holding one version"),
+                      ("two", "Act, server holding a second version (an idle session on it)"),
+                      ("running_quiet", "Act, 4 running sessions, pointer unchanged"),
+                      ("running_promoting", "Act, 4 running sessions, promoted to a new "
+                                            "version each second")]:
+        print(f"| {name} | {V[key]['p50']:.3f} | {V[key]['p99']:.3f} |")
+    r = V["ratio_two_over_one_p50"]
+    print(f"two versions / one, Act p50 = {r:.3f} ({'meets' if r <= 1.05 else 'misses'} the "
+          "1.05 target)")
+    print(f"CreateSession pinned to a version not held (load + warm-up): "
+          f"{V['pinned_create_with_load_ms']} ms; promote + SIGHUP until GetPolicyInfo says "
+          f"so: {V['promote_to_serving_ms']} ms")
 
 
 if __name__ == "__main__":
