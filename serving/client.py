@@ -46,6 +46,8 @@ from vidt.errors import VidtError
 from vidt.v1 import policy_pb2 as pb
 from vidt.v1 import policy_pb2_grpc as pb_grpc
 
+from .sessions import DRAINING
+
 log = logging.getLogger(__name__)
 
 # A call this client did not cancel itself but that ends CANCELLED was reset on the way: HAProxy
@@ -188,6 +190,26 @@ class PolicyClient:
                 raise ServerError(method, code, e.details() or "") from None
         raise AssertionError("unreachable")
 
+    def route_elsewhere(self) -> None:
+        """Use a new route key from now on: a proxy sends it wherever it likes (the client's
+        open sessions follow, by resume, at their next call)."""
+        self.route = secrets.token_hex(8)
+        self.metadata = ((ROUTE_KEY, self.route), *self.metadata[1:])
+
+    def create(self, request: pb.CreateSessionRequest) -> pb.CreateSessionResponse:
+        """CreateSession; a refusal from a draining server moves this client's route key
+        first, so that the proxy's stickiness does not bring the retry back to it."""
+        for _ in range(8):  # a new key lands on a draining server again with 1/replicas odds
+            try:
+                return self.call("CreateSession", request, retry=False)
+            except ServerError as e:
+                if not (e.code == grpc.StatusCode.UNAVAILABLE and DRAINING in e.details):
+                    if e.code not in RETRY_CODES:
+                        raise
+                    break  # another transient failure: the usual retries
+                self.route_elsewhere()
+        return self.call("CreateSession", request)
+
     def with_failover(self, sessions: list[Session], send):
         """send() for `sessions`; if their server is gone, resume them all through this
         address (a proxy sends them to a live replica) and send again, until it goes
@@ -257,7 +279,7 @@ class Session:
             req.target_return = float(target_return)
         # Through a proxy, a replica that is draining refuses new sessions until the proxy
         # has taken it out (about a second): with failover on, keep asking.
-        r = client.with_failover([], lambda: client.call("CreateSession", req))
+        r = client.with_failover([], lambda: client.create(req))
         # The model the episode runs on, as the server that created it says (a server's
         # version can change between two episodes): a resume elsewhere must find the same
         # one. Servers from before this field answer "", and then hold one model only.
@@ -303,7 +325,7 @@ class Session:
                 total_reward=self.total_reward,
                 history=[pb.StepRecord(observation=o, action=a, return_to_go=g)
                          for o, a, g in self._history]))
-        r = self.client.call("CreateSession", req)
+        r = self.client.create(req)
         if self.step == 0:  # nothing acted yet: a new episode, on whatever that server runs
             self.model_version = r.model_version or self.model_version
         log.info("session %s resumed at step %d as %s", self.id, self.step, r.session_id)

@@ -6,6 +6,7 @@ process, e.g. in tests, without clashing in prometheus-client's global registry)
     vidt_act_latency_seconds             time in the server per Act / ActBatch / stream step
     vidt_batch_size                      rows per onnxruntime call
     vidt_active_sessions                 open sessions (read from the store at scrape time)
+    vidt_draining                        1 while new sessions are refused (SIGUSR1, SIGTERM)
     vidt_sessions_created_total, vidt_sessions_resumed_total, vidt_sessions_expired_total,
     vidt_sessions_closed_total
     vidt_version_sessions{version,role}  open sessions per model version held (role: current,
@@ -55,6 +56,10 @@ class _StoreCollector:
         s = self.store
         g = GaugeMetricFamily("vidt_active_sessions", "Open sessions.")
         g.add_metric([], s.active)
+        yield g
+        g = GaugeMetricFamily("vidt_draining", "1 while new sessions are refused (SIGUSR1, "
+                              "SIGTERM).")
+        g.add_metric([], int(s.draining))
         yield g
         for name, value, doc in (
             ("vidt_sessions_created", s.created_total, "Sessions created (resumed included)."),

@@ -207,6 +207,23 @@ class PolicyServer:
             info.canary_version, info.canary_fraction = s.canary.version, s.canary_fraction
         return info
 
+    def drain_sessions(self) -> None:
+        """Take no new sessions from now on (they are refused, UNAVAILABLE, so that clients
+        go elsewhere), keep serving the open ones, and log when the last one has ended.
+        Health and readiness stay SERVING: the proxy must still route the open episodes
+        here. `vidt serve` does this on SIGUSR1."""
+        if self.store.draining:
+            return
+        self.store.drain()
+        log.info("draining: no new sessions; %d open", self.store.active)
+        threading.Thread(target=self._report_drained, name="vidt-drained", daemon=True).start()
+
+    def _report_drained(self) -> None:
+        while self.store.active and not self._stopping.wait(0.2):
+            pass
+        if not self.store.active:
+            log.info("drained: no session open (stop this server now to lose no episode)")
+
     def reread(self) -> None:
         """Reread the model repository's pointer now (SIGHUP), not at the next poll."""
         self._reread.set()
@@ -358,6 +375,7 @@ def serve(model: str | Path | None, config: ServerConfig, provider: str = "auto"
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: server.reread())
+    old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: server.drain_sessions())
     try:
         server.start()
         m = policy.metadata

@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 Infer = Callable[[list[WindowInputs]], np.ndarray]
 InferAsync = Callable[[list[WindowInputs]], "asyncio.Future[np.ndarray]"]
 
+# What CreateSession answers (UNAVAILABLE) while the server drains: a vidt client then moves
+# its route key, so a sticky key does not bring its next episode back here (client.py).
+DRAINING = "server is draining: no new sessions here"
+
 # The actor sees float32: a target return or return-to-go beyond this is infinite to it.
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -442,7 +446,7 @@ class SessionStore:
                 raise Unavailable(f"model_version {_quote(model.version)} was unloaded "
                                   "meanwhile: try again")
             if self._draining:
-                raise Unavailable("server is draining for shutdown: no new sessions")
+                raise Unavailable(DRAINING)
             if len(self._sessions) >= self.max_sessions:
                 self._expire_locked(self.clock())
             if len(self._sessions) >= self.max_sessions:

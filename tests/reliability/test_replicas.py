@@ -320,6 +320,41 @@ def test_haproxy_admin_drain_sends_new_keys_elsewhere_while_old_episodes_finish(
             cluster.wait_up([home])
 
 
+def test_a_drained_replica_takes_no_episode_even_from_a_sticky_key_and_says_when_empty(
+        cluster):
+    """HAProxy's drain alone keeps sending a key that sticks to the replica there, so a robot
+    that keeps starting episodes would keep it busy for ever. With the replica itself told
+    (SIGUSR1), its open episode finishes there and the robot's next ones go elsewhere."""
+    obs = np.random.default_rng(2).normal(size=(8, 3)).astype(np.float32)
+    with PolicyClient(cluster.address, route="sticky-robot") as robot:
+        s = robot.session()
+        s.act(obs[0])
+        home = cluster.stuck()["sticky-robot"]
+        i, r = next((i, r) for i, r in enumerate(cluster.replicas) if r.name == home)
+        try:
+            cluster.admin(f"set server vidt/{home} state drain")
+            r.signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            while r.metric("vidt_draining") != 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            for t in range(1, 8):  # the open episode goes on where it is
+                s.act(obs[t])
+            s.close()
+            assert robot.failovers == 0
+            for _ in range(3):  # the same robot's next episodes: elsewhere
+                with robot.session() as s2:
+                    s2.act(obs[0])
+                    assert r.metric("vidt_active_sessions") == 0
+            assert robot.route != "sticky-robot" and cluster.stuck()[robot.route] != home
+            log = r.log_dir / f"{r.name}-{r.starts}.log"
+            while "drained: no session open" not in log.read_text():
+                assert time.monotonic() < deadline + 10, log.read_text()[-2000:]
+                time.sleep(0.05)
+        finally:
+            cluster.restart(i)
+
+
 def test_a_drained_replica_restarted_comes_back_in_rotation(cluster):
     """HAProxy keeps a state set through its admin socket (drain) across the process's
     restart: restart() puts the new process back in rotation instead of waiting for ever."""
