@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import sys
+from pathlib import Path
 
 import click
 
@@ -112,9 +113,14 @@ def eval_cmd(server, env_id, episodes, target_return, target_returns, plot_file,
     elif plot_file is not None or model_file is not None:
         raise click.UsageError(f"{'--plot' if plot_file is not None else '--model'} needs "
                                f"--target-returns")
-    if plot_file is not None and importlib.util.find_spec("matplotlib") is None:
-        raise click.ClickException("--plot needs matplotlib, which this installation lacks: "
-                                   "pip install matplotlib")
+    if plot_file is not None:
+        if importlib.util.find_spec("matplotlib") is None:
+            raise click.ClickException("--plot needs matplotlib, which this installation "
+                                       "lacks: pip install matplotlib")
+        try:  # before the episodes, not after them
+            Path(plot_file).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {plot_file}: {e.strerror or e}") from None
     data = _data_returns(model_file) if model_file is not None else None
     from vidt.serving.evaluate import evaluate, evaluate_targets
 

@@ -97,7 +97,7 @@ def test_target_returns_table_json_rows_and_plot(run_cli, server, policy_file, t
     assert listed["data_return_mean"] is None  # not asked for: no --model
 
     # The table and the plot, with the data's returns read from the served file.
-    png = tmp_path / "targets.png"
+    png = tmp_path / "plots" / "targets.png"  # a folder of its own, made for it
     res = run_cli(*base, "--target-returns", "-1:0:5", "--plot", str(png), "--model",
                   str(policy_file))
     assert res.exit_code == 0, res.stderr
