@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -45,6 +46,10 @@ RUN_BY = {
         "test_serving_doc_replicas_behind_haproxy",
     ("docs/serving.md", "vidt eval --server 127.0.0.1:50051 --env Pendulum-v1 --episodes 4"):
         "test_serving_doc_replicas_behind_haproxy",
+    ("docs/serving.md", "mkdir models && vidt models promote models policy-v1.onnx   # copies the file in"):
+        "test_serving_doc_upgrading_a_fleet",
+    ("docs/serving.md", "vidt models canary models policy-v2.onnx --fraction 0.2   # new episodes of 1 robot in 5"):
+        "test_serving_doc_upgrading_a_fleet",
     ("SECURITY.md", "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \\"):
         "test_security_doc_tls_and_token",
     ("SECURITY.md", "from vidt.serving.client import PolicyClient"): "test_security_doc_tls_and_token",
@@ -224,6 +229,72 @@ def test_serving_doc_replicas_behind_haproxy(tmp_path):
         assert proc.wait(timeout=30) == 0
         leftover = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], capture_output=True)
         assert leftover.returncode == 1, leftover.stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not on the PATH")
+def test_serving_doc_upgrading_a_fleet(tmp_path):
+    """The fleet on one model repository, as the doc runs it: canary, promote, rollback, each
+    reaching every replica."""
+    from vidt.serving.client import PolicyClient
+    from vidt.serving.repository import ModelRepository
+
+    for i in (1, 2):
+        make_policy_onnx(tmp_path / f"policy-v{i}.onnx", obs_dim=3, act_dim=1, seed=i,
+                         env_id="Pendulum-v1", low=-2.0, high=2.0)
+    port = free_port()
+    first, start = block("docs/serving.md", "mkdir models && vidt models").strip().splitlines()
+    start = cut(start, ("--port 50051", f"--port {port}"), ("deploy/", f"{ROOT}/deploy/"))
+    steps = block("docs/serving.md", "vidt models canary models").strip().splitlines()
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+    def sh(line: str) -> str:
+        out = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, (line, out.stderr)
+        return out.stdout
+
+    sh(first)
+    repo = ModelRepository(tmp_path / "models")
+    v1, v2 = (repo.resolve(str(tmp_path / f"policy-v{i}.onnx")).version for i in (1, 2))
+    from vidt.procs import with_parent
+
+    proc = subprocess.Popen(with_parent(["bash", "-c", "exec " + start.split("#")[0].strip()],
+                                        signal.SIGINT),
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops all" in line:
+                break
+        replicas = re.findall(r"grpc (127\.0\.0\.1:\d+)", "".join(lines))
+        assert len(replicas) == 3, "".join(lines)
+
+        def everywhere(current: str, canary: str = "") -> None:
+            deadline = time.monotonic() + 20  # the replicas reread the pointer every 2 s
+            for address in replicas:
+                with PolicyClient(address, retries=0, failover=False) as c:
+                    while (c.info(refresh=True).model_version,
+                           c.info().canary_version) != (current, canary):
+                        assert time.monotonic() < deadline, (address, c.info())
+                        time.sleep(0.1)
+
+        everywhere(v1)
+        canary, listing, promote, rollback = steps
+        sh(canary)
+        everywhere(v1, v2)
+        assert v2 in sh(listing)
+        sh(promote)
+        everywhere(v2)
+        sh(rollback)
+        everywhere(v1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
