@@ -2,7 +2,10 @@
 over seeds, how many seeds that start below a threshold reach it and when), per run the
 same, across tasks (IQM with a stratified bootstrap 95%
 interval, probability of improvement), as Markdown, CSV, one PNG of curves per task and a
-JSON summary. Only finished runs enter the statistics; runs still going are listed apart."""
+JSON summary. Runs trained with eval.target_returns add return conditioning: per task, method
+and phase (after pretraining, at the end), the return achieved at each return asked, with a
+PNG of achieved against asked. Only finished runs enter the statistics; runs still going are
+listed apart."""
 
 from __future__ import annotations
 
@@ -134,12 +137,98 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
     unfinished = [r.path for r in runs if not r.finished] + list(pending)
     held = {p: training_pid(p) for p in unfinished}  # read once: a run may end meanwhile
     return {"tasks": [list(t) for t in tasks], "methods": methods, "per_task": per_task,
+            "conditioning": conditioning(done),
             "per_run": per_run, "thresholds": thresholds, "aggregate": aggregate, "improvement": improvement,
             "running": [str(p) for p in unfinished if held[p]],
             "stopped": [str(p) for p in unfinished if not held[p]],
             "aggregate_notes": notes,
             "not_started": [str(p) for p in waiting],
             "runs": len(runs) + len(pending) + len(waiting), "finished": len(done)}
+
+
+PHASES = ("pretrained", "final")  # conditioning.csv's phases, in the order a run makes them
+
+
+def conditioning(done: list[Run]) -> list[dict]:
+    """Per task, method, phase and return asked: the return achieved (each run's mean over
+    its evaluation episodes; mean ± std over seeds), with the task's data mean and best."""
+    out = []
+    for task in sorted({r.task for r in done if r.conditioning}):
+        here = [r for r in done if r.task == task and r.conditioning]
+        for m in sorted({r.method for r in here}):
+            mine = [r for r in here if r.method == m]
+            for phase in PHASES:
+                rows = [x for r in mine for x in r.conditioning if x["phase"] == phase]
+                for target in sorted({x["target_return"] for x in rows}):
+                    got = [x for x in rows if x["target_return"] == target]
+                    mean, std = _mean_std([x["return_mean"] for x in got])
+                    out.append({"env_id": task[0], "dataset": task[1], "method": m,
+                                "phase": phase, "target_return": target, "seeds": len(got),
+                                "return_mean": mean, "return_std": std,
+                                "data_return_mean": got[0]["data_return_mean"],
+                                "data_return_max": got[0]["data_return_max"]})
+    return out
+
+
+def _conditioning_md(rows: list[dict]) -> list[str]:
+    out = ["\n## Return conditioning: return achieved at each return asked\n",
+           "Mean ± std over seeds of each run's mean return over its evaluation episodes, "
+           "after pretraining and at the end of the run; the data's mean and best episode "
+           "return for reference.\n"]
+    for task in sorted({(r["env_id"], r["dataset"]) for r in rows}):
+        here = [r for r in rows if (r["env_id"], r["dataset"]) == task]
+        targets = sorted({r["target_return"] for r in here})
+        d = 3 if max(abs(t) for t in targets) <= 1 else 0
+        out += [f"\n{task[0]} ({task[1]}): data mean {here[0]['data_return_mean']:.{d}f}, "
+                f"best {here[0]['data_return_max']:.{d}f}\n",
+                "| method | phase | seeds | " + " | ".join(f"asked {t:.{d}f}" for t in targets)
+                + " |", "|---|---|---|" + "---|" * len(targets)]
+        for m in sorted({r["method"] for r in here}):
+            for phase in PHASES:
+                cells = {r["target_return"]: r for r in here
+                         if r["method"] == m and r["phase"] == phase}
+                if not cells:
+                    continue
+                seeds = max(c["seeds"] for c in cells.values())
+                out.append(f"| {m} | {phase} | {seeds} | " + " | ".join(
+                    f"{cells[t]['return_mean']:.{d}f} ± {cells[t]['return_std']:.{d}f}"
+                    if t in cells else "" for t in targets) + " |")
+    return out
+
+
+def plot_conditioning(rows: list[dict], task: tuple[str, str], path: Path) -> None:
+    """Achieved against asked for one task: per method, the end of the run (solid) and after
+    pretraining (dashed), ±1 std over seeds; y = x, the data's mean and best."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    here = [r for r in rows if (r["env_id"], r["dataset"]) == task]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    targets = sorted({r["target_return"] for r in here})
+    ax.plot(targets, targets, color="0.6", lw=1, ls=":", label="y = x")
+    for name, value, ls in (("data mean", here[0]["data_return_mean"], "-."),
+                            ("data best", here[0]["data_return_max"], "--")):
+        ax.axhline(value, color="0.4", lw=0.8, ls=ls, label=name)
+    for i, m in enumerate(sorted({r["method"] for r in here})):
+        for phase, ls in (("final", "-"), ("pretrained", "--")):
+            pts = sorted((r["target_return"], r["return_mean"], r["return_std"]) for r in here
+                         if r["method"] == m and r["phase"] == phase)
+            if pts:
+                x, y, e = map(np.array, zip(*pts))
+                ax.errorbar(x, y, yerr=e, color=f"C{i}", ls=ls, marker="o", ms=3, capsize=2,
+                            label=f"{m}, {'end' if phase == 'final' else 'pretrained'}")
+    ax.set_xlabel("return asked (target return)")
+    ax.set_ylabel("return achieved")
+    ax.set_title(f"{task[0]} ({task[1]}): return conditioning")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(buf.getvalue(), path)
 
 
 def _fmt(x, nd=1) -> str:
@@ -209,6 +298,8 @@ def markdown(summary: dict) -> str:
                 "|---|---|---|"]
         out += [f"| {p['x']} | {p['y']} | {p['p_x_better']:.2f} |"
                 for p in summary["improvement"]]
+    if summary["conditioning"]:
+        out += _conditioning_md(summary["conditioning"])
     if summary["running"]:
         out += ["\n## Still running (not in the statistics)\n"]
         out += [f"- {p}" for p in summary["running"]]
@@ -286,7 +377,8 @@ def write(summary: dict, runs: list[Run], out: Path, plots: bool = True) -> dict
                        ("per_task.csv", _csv(summary["per_task"])),
                        ("per_run.csv", _csv(summary["per_run"])),
                        ("aggregate.csv", _csv(summary["aggregate"])),
-                       ("improvement.csv", _csv(summary["improvement"]))):
+                       ("improvement.csv", _csv(summary["improvement"])),
+                       ("conditioning.csv", _csv(summary["conditioning"]))):
         if text:
             atomic_write_text(text, out / name)
             files[name] = str(out / name)
@@ -294,6 +386,11 @@ def write(summary: dict, runs: list[Run], out: Path, plots: bool = True) -> dict
         name = f"{task[0]}-{task[1]}.png".replace("/", "-")
         if plots:
             plot_task(runs, tuple(task), out / name)
+        files[name] = str(out / name)
+    for task in sorted({(r["env_id"], r["dataset"]) for r in summary["conditioning"]}):
+        name = f"conditioning-{task[0]}-{task[1]}.png".replace("/", "-")
+        if plots:
+            plot_conditioning(summary["conditioning"], task, out / name)
         files[name] = str(out / name)
     # File names, not paths: where the report was written is no part of what it says.
     atomic_write_text(json.dumps({**summary, "files": sorted([*files, "summary.json"])},

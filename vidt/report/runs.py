@@ -31,6 +31,8 @@ class Run:
     returns: np.ndarray | None = None  # eval return of each evaluation (None: as scores)
     wall_time: float | None = None  # seconds, at its last metrics row
     threshold: float | None = None  # its sweep's crossing threshold, in the units of scores
+    # conditioning.csv (eval.target_returns): rows of phase, target_return, return_mean, ...
+    conditioning: tuple[dict, ...] = ()
 
     @property
     def task(self) -> tuple[str, str]:
@@ -93,6 +95,15 @@ def read_run(path: Path, point: dict | None = None) -> Run | None:
     except (KeyError, TypeError, ValueError) as e:
         raise VidtError(f"{path}: not a vidt run ({type(e).__name__}: {e} in config.json or "
                         "metrics.csv)") from None
+    conditioning = ()
+    if (path / "conditioning.csv").exists():
+        try:
+            with open(path / "conditioning.csv", newline="") as f:
+                conditioning = tuple(
+                    {k: v if k == "phase" else float(v) for k, v in r.items()}
+                    for r in csv.DictReader(f))
+        except (OSError, csv.Error, ValueError, TypeError) as e:
+            raise VidtError(f"{path}: unreadable conditioning.csv ({e})") from None
     # The first row comes when pretraining ends (online step 0): with no online budget, that
     # row ends the run.
     return Run(path=path, env_id=env_id, dataset=dataset, algo=algo,
@@ -100,7 +111,8 @@ def read_run(path: Path, point: dict | None = None) -> Run | None:
                scores=np.asarray(scores, dtype=np.float64), normalized=normalized,
                budget=budget, finished=reached >= budget,
                returns=np.asarray(returns, dtype=np.float64), wall_time=wall,
-               threshold=None if threshold is None else float(threshold))
+               threshold=None if threshold is None else float(threshold),
+               conditioning=conditioning)
 
 
 def find_runs(root: Path) -> tuple[list[Run], list[Path], list[Path]]:

@@ -28,6 +28,7 @@ CHECKPOINT = "checkpoint.pt"
 ACTOR = "actor.pt"  # the actor as of the last checkpoint
 ACTOR_BEST = "actor_best.pt"  # the actor of the run's best evaluation so far
 ACTORS = {"last": ACTOR, "best": ACTOR_BEST}
+CONDITIONING = "conditioning.csv"  # achieved against asked returns (eval.target_returns)
 FORMAT_VERSION = 1
 
 
@@ -41,7 +42,8 @@ def atomic_save(obj, path: str | Path) -> None:
 
 # Files of a run directory written through vidt.files.atomic_write: a SIGKILL mid-write leaves
 # `.NAME.XXXX.tmp` behind, which the next trainer on that directory removes.
-ATOMIC_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, ACTOR_BEST, "learning_curve.png")
+ATOMIC_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, ACTOR_BEST, "learning_curve.png",
+                CONDITIONING)
 
 
 def remove_stale_temps(run_dir: Path) -> list[str]:

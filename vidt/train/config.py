@@ -149,10 +149,17 @@ class EvalSection:
     every: int = 1  # online iterations between evaluations
     target_return: float = 0.0  # RTG evaluation is conditioned on (family)
     seed: int = 1_000_000  # eval env i is reset with seed + i: fixed, and apart from collection
+    # Returns the actor is also asked for, with the same episodes, at the online start and at
+    # the end: achieved against asked, in conditioning.csv (`vidt report` plots it). Empty: none.
+    target_returns: tuple[float, ...] = ()
 
     def __post_init__(self):
         _check(self.episodes >= 1, f"eval.episodes must be >= 1, got {self.episodes}")
         _check(self.every >= 1, f"eval.every must be >= 1, got {self.every}")
+        # A tuple however it came (a config.json holds a list), so that configs compare.
+        object.__setattr__(self, "target_returns", tuple(map(float, self.target_returns)))
+        _check(all(math.isfinite(t) for t in self.target_returns),
+               f"eval.target_returns must be finite, got {self.target_returns}")
 
 
 @dataclass(frozen=True)
@@ -319,6 +326,12 @@ def _field_types(cls) -> dict[str, Any]:
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Turn a TOML value or a `--set` string into the field's type, or raise ConfigError."""
+    if typing.get_origin(typ) is tuple:  # tuple[float, ...]: "1,2,3", "[1, 2, 3]", a list
+        item = typing.get_args(typ)[0]
+        if isinstance(value, str):
+            value = [x for x in value.strip().strip("[]").split(",") if x.strip()]
+        _check(isinstance(value, (list, tuple)), f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", x, item) for i, x in enumerate(value))
     args = typing.get_args(typ)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), typ) if args else typ

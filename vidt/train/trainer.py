@@ -16,6 +16,8 @@ never interrupted (same seed, CPU).
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import logging
 import shutil
@@ -42,6 +44,7 @@ from .checkpoint import (
     ACTOR,
     ACTOR_BEST,
     CHECKPOINT,
+    CONDITIONING,
     FORMAT_VERSION,
     LOCK_FILE,
     ActorMeta,
@@ -228,6 +231,10 @@ def play(actor: Actor, envs: list, cfg: TrainConfig, target_return: float, devic
 # ---------------------------------------------------------------- the trainer
 
 
+CONDITIONING_COLUMNS = ("phase", "target_return", "return_mean", "return_std", "episodes",
+                        "data_return_mean", "data_return_max")
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
                  force: bool = False, progress: bool = False):
@@ -385,6 +392,35 @@ class Trainer:
         rets = np.array([e.episode_return for e in eps])
         return float(rets.mean()), float(rets.std())
 
+    def _conditioning(self, phase: str) -> None:
+        """With eval.target_returns: the actor asked for each of them on the evaluation's
+        episodes (the same seeds), one row per target, written beside the other phase's rows.
+        A resume that repeats this phase writes the same rows again. Acting changes nothing
+        the training uses: the evaluation envs are reset with their fixed seeds each time."""
+        targets = self.cfg.eval.target_returns
+        if not targets:
+            return
+        path = self.run_dir / CONDITIONING
+        rows = []
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r["phase"] != phase]
+        data = np.array([e.episode_return for e in self.offline])
+        for target in targets:
+            eps = play(self.learner.actor, self.eval_envs, self.cfg, target, self.device,
+                       [self.cfg.eval.seed + i for i in range(len(self.eval_envs))],
+                       explore=False, rng=None, max_steps=self.step_cap)
+            rets = np.array([e.episode_return for e in eps])
+            rows.append({"phase": phase, "target_return": target,
+                         "return_mean": float(rets.mean()), "return_std": float(rets.std()),
+                         "episodes": len(rets), "data_return_mean": float(data.mean()),
+                         "data_return_max": float(data.max())})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CONDITIONING_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(buf.getvalue(), path)
+
     def _row(self, mean: float, std: float) -> None:
         score = normalized_score(self.cfg.env_id, mean)
         losses = self.meter.means()
@@ -476,6 +512,7 @@ class Trainer:
         # 2. the online start.
         if self.phase == "pretrain":
             self._row(*self.evaluate())
+            self._conditioning("pretrained")
             L.sync_targets()
             self.buffer.seed_with(self.offline)
             self.phase = "online"
@@ -507,6 +544,8 @@ class Trainer:
             last = self.online_env_steps >= o.online_steps
             if self.iteration % cfg.eval.every == 0 or last:
                 self._row(*self.evaluate())
+            if last:
+                self._conditioning("final")
             self._bar(bar, rate)
             if self.iteration % o.checkpoint_every == 0 or last:
                 self.checkpoint()
