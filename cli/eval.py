@@ -41,6 +41,21 @@ class TargetReturns(click.ParamType):
         return targets
 
 
+class VersionPair(click.ParamType):
+    """Two model versions, V1,V2 (the same one twice is allowed: a check of the check)."""
+
+    name = "V1,V2"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).split(",")]
+        if len(parts) != 2 or not all(parts):
+            self.fail(f"{value!r} is not two model versions V1,V2 (as `vidt models list` "
+                      f"shows them)", param, ctx)
+        return tuple(parts)
+
+
 @click.command("eval")
 @click.option("--server", type=ServerAddress(), required=True, help="Address of `vidt serve`.")
 @click.option("--env", "env_id", default=None,
@@ -81,14 +96,24 @@ class TargetReturns(click.ParamType):
 @click.option("--model-version", default="",
               help="Run every episode on this model version (the server refuses one it does "
                    "not hold)  [default: the server's current]")
+@click.option("--compare", "compare", type=VersionPair(), default=None,
+              help="Before a promotion: run the same seeds on model versions V1 and V2, "
+                   "alternating, and report each one's returns and V2 - V1 of their means "
+                   "with a paired bootstrap 95% interval.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def eval_cmd(server, env_id, episodes, target_return, target_returns, plot_file, model_file,
              num_envs, seed, token_file, tls_ca, timeout, record_dir, record_episodes,
-             no_failover, model_version, as_json, no_progress):
+             no_failover, model_version, compare, as_json, no_progress):
     """Run episodes of ENV against the policy served at --server and report returns,
     normalized score, episode lengths and Act latency; with --target-returns, the return
     achieved at each of several asked target returns.
+
+    --compare V1,V2 runs seed s on V1 then on V2, for each of the --episodes seeds (with
+    --num-envs M, a batch of M seeds on each in turn), and bounds V2 - V1 of the mean return
+    by resampling the seeds: an interval above 0 says V2 is better, below 0 V1, and one
+    containing 0 that these episodes show no difference. A seed that failed on either
+    version is left out. Versions are full ones, as `vidt models list` shows them.
 
     \b
     Example:
@@ -96,6 +121,7 @@ def eval_cmd(server, env_id, episodes, target_return, target_returns, plot_file,
       vidt eval --server 127.0.0.1:50051 --episodes 3 --record videos/
       vidt eval --server 127.0.0.1:50051 --target-returns 1000:4000:7 --plot targets.png \\
           --model hopper.onnx
+      vidt eval --server 127.0.0.1:50051 --episodes 30 --compare 3f2a9c01d4e5b678,8b7e6d5c4a3f2e10
     """
     from tqdm import tqdm
 
@@ -103,6 +129,13 @@ def eval_cmd(server, env_id, episodes, target_return, target_returns, plot_file,
 
     if record_dir is not None and num_envs != 1:
         raise click.UsageError("--record needs --num-envs 1")
+    if compare is not None:
+        for given, flag in ((model_version, "--model-version"),
+                            (target_returns is not None, "--target-returns"),
+                            (record_dir is not None, "--record")):
+            if given:
+                raise click.UsageError(f"--compare and {flag} do not go together: --compare "
+                                       f"names both versions and runs one target return")
     if target_returns is not None:
         if target_return is not None:
             raise click.UsageError("--target-return and --target-returns do not go together: "
@@ -122,7 +155,7 @@ def eval_cmd(server, env_id, episodes, target_return, target_returns, plot_file,
         except OSError as e:
             raise click.ClickException(f"cannot write {plot_file}: {e.strerror or e}") from None
     data = _data_returns(model_file) if model_file is not None else None
-    from vidt.serving.evaluate import evaluate, evaluate_targets
+    from vidt.serving.evaluate import compare_versions, evaluate, evaluate_targets
 
     with PolicyClient(server, token=_read_token(token_file), tls=tls_ca,
                       timeout_s=timeout, failover=not no_failover) as client:
@@ -142,6 +175,15 @@ def eval_cmd(server, env_id, episodes, target_return, target_returns, plot_file,
                     on_episode=lambda ret, n: (bar.update(1), bar.set_postfix(ret=f"{ret:.1f}")),
                     **({} if data is None else data["returns"]))
             _report_curve(curve, episodes, seed, plot_file, data, as_json)
+            return
+        if compare is not None:
+            with tqdm(total=2 * episodes, desc=f"compare {env_id}", unit="ep",
+                      file=sys.stderr, disable=no_progress or None, leave=False) as bar:
+                cmp = compare_versions(
+                    client, env_id, compare, episodes, target_return=target_return,
+                    num_envs=num_envs, seed=seed,
+                    on_episode=lambda ret, n: (bar.update(1), bar.set_postfix(ret=f"{ret:.1f}")))
+            _report_comparison(cmp, num_envs, as_json)
             return
         with tqdm(total=episodes, desc=f"eval {env_id}", unit="ep", file=sys.stderr,
                   disable=no_progress or None, leave=False) as bar:
@@ -266,3 +308,72 @@ def _print_curve(curve, episodes, seed, plot_file, data) -> None:
             click.echo(f"  failed at target {t:g}: {why}")
     if plot_file is not None:
         click.echo(f"plot: {plot_file}")
+
+
+def _report_comparison(cmp, num_envs, as_json) -> None:
+    if as_json:
+        click.echo(json.dumps(cmp.to_json()))
+    else:
+        _print_comparison(cmp, num_envs)
+    if cmp.failed or cmp.not_run:
+        last = next((r.failed[-1] for r in reversed(cmp.results) if r.failed), "")
+        raise click.ClickException(
+            f"{cmp.failed} of {2 * cmp.episodes} episode(s) failed"
+            + (f", {cmp.not_run} not run" if cmp.not_run else "")
+            + (f": {last}" if last else ""))
+
+
+def _print_comparison(cmp, num_envs) -> None:
+    seeds = (f"seed {cmp.seed}" if cmp.episodes == 1
+             else f"seeds {cmp.seed}-{cmp.seed + cmp.episodes - 1}")
+    turns = "one episode" if num_envs == 1 else f"a batch of {num_envs}"
+    click.echo(f"{cmp.env_id}: model versions V1 and V2 on the same {seeds}, {turns} on each "
+               f"in turn")
+    how = "ActBatch" if num_envs > 1 else "Act"
+    width = max(7, *(len(v) for v in cmp.versions))
+    click.echo(f"    {'version':<{width}}  {'return mean':>12}  {'± std':>10}  {'n':>4}  "
+               f"{'failed':>6}  {how + ' p50 ms':>11}")
+    for i, (v, r) in enumerate(zip(cmp.versions, cmp.results)):
+        mean, std = (f"{r.return_mean:.2f}", f"{r.return_std:.2f}") if r.returns else ("-", "-")
+        p50 = f"{r.latency_ms['p50']:.3f}" if r.calls else "-"
+        click.echo(f"V{i + 1}  {v:<{width}}  {mean:>12}  {'± ' + std:>10}  {len(r.returns):>4}  "
+                   f"{len(r.failed) + r.not_run:>6}  {p50:>11}")
+    n = cmp.pairs
+    if n == 0:
+        click.echo("no seed finished on both versions: no difference to report")
+    else:
+        line = f"V2 - V1: {cmp.difference:+.2f} over {n} pair(s)"
+        if cmp.interval is not None:
+            lo, hi = cmp.interval
+            line += (f", {cmp.confidence:.0%} interval [{lo:+.2f}, {hi:+.2f}] (paired "
+                     f"bootstrap, {cmp.resamples} resamples)")
+        click.echo(line)
+        name = ("V1", "V2") if cmp.versions[0] != cmp.versions[1] else ("the first run",
+                                                                        "the second run")
+        if cmp.constant and cmp.better is None:
+            verdict = (f"no difference: both returned exactly the same on each of the {n} "
+                       f"seeds (a deterministic env and policy), so there is no interval to draw")
+        elif cmp.constant:
+            verdict = (f"{name[cmp.better]} ({cmp.versions[cmp.better]}) is better by exactly "
+                       f"{abs(cmp.difference):.2f} on each of the {n} seeds; with nothing "
+                       f"varying between seeds there is no interval to draw")
+        elif n == 1:
+            verdict = "one pair only: no interval (run more episodes)"
+        elif cmp.better is not None:
+            verdict = f"{name[cmp.better]} ({cmp.versions[cmp.better]}) is better: the " \
+                      f"interval excludes 0"
+        else:
+            verdict = f"the interval contains 0: no difference shown at {n} pairs"
+        click.echo(verdict)
+        if cmp.interval is not None and n < 10:
+            click.echo(f"note: a bootstrap interval over fewer than 10 pairs is narrower than "
+                       f"{cmp.confidence:.0%} should be: run more episodes to rely on it")
+    if cmp.pairs_dropped:
+        click.echo(f"left out: {cmp.pairs_dropped} seed(s) that failed or did not run on "
+                   f"either version")
+    failovers = sum(r.failovers for r in cmp.results)
+    if failovers:
+        click.echo(f"failovers: {failovers} session(s) resumed on another server")
+    for i, r in enumerate(cmp.results):
+        for why in r.failed:
+            click.echo(f"  failed on V{i + 1}: {why}")

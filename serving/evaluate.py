@@ -6,6 +6,8 @@ sub-env i (vector env) are reset with seed + e / seed + i, so a run is reproduci
 Latency is measured around each Act / ActBatch call, as the client sees it.
 `evaluate_targets` runs the same episodes once per target return (`vidt eval
 --target-returns`), and `plot_targets` draws what was achieved against what was asked.
+`compare_versions` runs the same seeds on two model versions and bounds the difference of
+their mean returns with a paired bootstrap (`vidt eval --compare`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from vidt.envs import make_env, normalized_score
 from vidt.errors import VidtError
+from vidt.report.stats import stratified_bootstrap_ci
 
 from .client import PolicyClient, ServerError
 
@@ -150,12 +153,16 @@ class _Episodes:
         self.lengths: list[int] = []
         self.versions: list[str] = []
         self.failed: list[str] = []
+        # The seed each finished episode was reset with (None: an episode a vector env's
+        # autoreset began, which no seed names).
+        self.seeds: list[int | None] = []
 
-    def finished(self, ret: float, length: int, version: str) -> None:
+    def finished(self, ret: float, length: int, version: str, seed: int | None = None) -> None:
         self.failures_in_a_row = 0
         self.returns.append(float(ret))
         self.lengths.append(int(length))
         self.versions.append(version)
+        self.seeds.append(seed)
         self.on_episode(self.returns[-1], self.lengths[-1])
 
     def fail(self, episodes: list[str], e: ServerError) -> None:
@@ -175,13 +182,17 @@ class _Episodes:
 
 def _run_single(client, info, env_id, episodes, target_return, seed, out: _Episodes,
                 lat: list[float], record_dir=None, record_episodes=0,
-                model_version="") -> list[float]:
+                model_version="", env=None) -> list[float]:
+    """env: one to reuse (the caller closes it); by default one made here and closed."""
     from vidt.envs.recording import GifRecorder, use_offscreen_gl
 
     if record_dir is not None:
         use_offscreen_gl()
         Path(record_dir).mkdir(parents=True, exist_ok=True)
-    env = make_env(env_id, **({"render_mode": "rgb_array"} if record_dir is not None else {}))
+    own = env is None
+    if own:
+        env = make_env(env_id, **({"render_mode": "rgb_array"} if record_dir is not None
+                                  else {}))
     try:
         check_compatible(info, env_id, env)
         limit = (env.spec.max_episode_steps if env.spec else None) or MAX_STEPS_WITHOUT_LIMIT
@@ -211,10 +222,11 @@ def _run_single(client, info, env_id, episodes, target_return, seed, out: _Episo
                 continue
             if rec is not None:
                 rec.save(Path(record_dir) / f"{env_id.replace('/', '-')}-seed{seed + e}.gif")
-            out.finished(ret, n, s.model_version)
+            out.finished(ret, n, s.model_version, seed + e)
         return lat
     finally:
-        env.close()
+        if own:
+            env.close()
 
 
 def _render(env):
@@ -232,21 +244,30 @@ def _render(env):
             f"(libosmesa6 and MUJOCO_GL=osmesa)") from None
 
 
-def _run_vector(client, info, env_id, episodes, target_return, seed, out: _Episodes,
-                lat: list[float], num_envs, model_version="") -> list[float]:
+def _vector_env(env_id: str, num_envs: int):
     import gymnasium as gym
 
-    M = num_envs
     # SAME_STEP: when a sub-env's episode ends, step() already returns the next episode's
     # first observation, which is exactly what the new session's step 0 needs.
-    envs = gym.vector.SyncVectorEnv([partial(make_env, env_id)] * M,
+    return gym.vector.SyncVectorEnv([partial(make_env, env_id)] * num_envs,
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def _run_vector(client, info, env_id, episodes, target_return, seed, out: _Episodes,
+                lat: list[float], num_envs, model_version="", envs=None) -> list[float]:
+    """envs: a vector env of num_envs to reuse (the caller closes it); by default one made
+    here and closed."""
+    M = num_envs
+    own = envs is None
+    if own:
+        envs = _vector_env(env_id, M)
     try:
         check_compatible(info, env_id, envs)
         A = int(np.prod(envs.single_action_space.shape))
         limit = (envs.envs[0].spec.max_episode_steps if envs.envs[0].spec else None) \
             or MAX_STEPS_WITHOUT_LIMIT
         obs, _ = envs.reset(seed=seed)  # sub-env i gets seed + i
+        seeds: list[int | None] = [seed + i for i in range(M)]  # None once autoreset
         active = [i < episodes for i in range(M)]
         started = sum(active)
         ep_ret, ep_len, rewards = np.zeros(M), np.zeros(M, dtype=int), np.zeros(M)
@@ -254,7 +275,7 @@ def _run_vector(client, info, env_id, episodes, target_return, seed, out: _Episo
 
             def next_episode(i: int) -> None:  # sub-env i's episode ended, one way or another
                 nonlocal started
-                ep_ret[i], ep_len[i], rewards[i] = 0.0, 0, 0.0
+                ep_ret[i], ep_len[i], rewards[i], seeds[i] = 0.0, 0, 0.0, None
                 if started < episodes:
                     batch.reset(i)
                     started += 1
@@ -285,11 +306,13 @@ def _run_vector(client, info, env_id, episodes, target_return, seed, out: _Episo
                     ep_ret[i] += rewards[i]
                     ep_len[i] += 1
                     if terminated[i] or truncated[i] or ep_len[i] >= limit:
-                        out.finished(ep_ret[i], ep_len[i], batch.sessions[i].model_version)
+                        out.finished(ep_ret[i], ep_len[i], batch.sessions[i].model_version,
+                                     seeds[i])
                         next_episode(i)
         return lat
     finally:
-        envs.close()
+        if own:
+            envs.close()
 
 
 # ---- achieved against asked: the same episodes at several target returns ---------------------
@@ -395,3 +418,170 @@ def plot_targets(curve: TargetCurve, path: str | Path, title: str | None = None)
     fig.savefig(buf, format="png", metadata={"Software": None})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(buf.getvalue(), path)
+
+
+# ---- two model versions on the same seeds: a canary check before a promotion -----------------
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0  # fixed: the same returns always give the same interval
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The same seeds run on two model versions: each version's EvalResult, and the
+    difference of their returns (versions[1] minus versions[0]) over the seeds that finished
+    on both, with a paired bootstrap interval of its mean."""
+
+    env_id: str
+    versions: tuple[str, str]
+    results: tuple[EvalResult, EvalResult]  # in the order of `versions`
+    episodes: int  # seeds asked for: seed, seed + 1, ...
+    seed: int
+    pair_seeds: tuple[int, ...]  # the seeds that finished on both versions, ascending
+    differences: tuple[float, ...]  # versions[1]'s return minus versions[0]'s, per pair
+    # Percentile interval of the mean difference over resamples of the pairs; None when it
+    # would say nothing: fewer than 2 pairs, or every pair differing by the same amount.
+    interval: tuple[float, float] | None
+    resamples: int = BOOTSTRAP_RESAMPLES
+    confidence: float = CONFIDENCE
+
+    @property
+    def pairs(self) -> int:
+        return len(self.differences)
+
+    @property
+    def pairs_dropped(self) -> int:
+        """Seeds left out of the difference: failed, or not run, on either version."""
+        return self.episodes - self.pairs
+
+    @property
+    def difference(self) -> float:
+        return float(np.mean(self.differences)) if self.differences else math.nan
+
+    @property
+    def constant(self) -> bool:
+        """Two or more pairs, all differing by exactly the same amount (0 for the same
+        version on a deterministic env and policy): nothing varies for an interval to show."""
+        return self.pairs >= 2 and len(set(self.differences)) == 1
+
+    @property
+    def better(self) -> int | None:
+        """0 or 1: the version whose mean return is higher where the interval excludes 0 (or
+        every pair differs by the same non-zero amount); None otherwise."""
+        if self.constant:
+            return None if self.differences[0] == 0 else int(self.differences[0] > 0)
+        if self.interval is None or self.interval[0] <= 0 <= self.interval[1]:
+            return None
+        return int(self.interval[0] > 0)
+
+    @property
+    def failed(self) -> int:
+        return sum(len(r.failed) for r in self.results)
+
+    @property
+    def not_run(self) -> int:
+        return sum(r.not_run for r in self.results)
+
+    def to_json(self) -> dict:
+        """The object `vidt eval --compare --json` prints: each version's result as a
+        single-version `vidt eval --json` prints it, then the difference."""
+        diff = self.difference
+        return {"env_id": self.env_id, "versions": list(self.versions),
+                "episodes": self.episodes, "seed": self.seed,
+                "results": [r.to_json() for r in self.results],
+                "pairs": self.pairs, "pairs_dropped": self.pairs_dropped,
+                "pair_seeds": list(self.pair_seeds), "differences": list(self.differences),
+                "difference": None if math.isnan(diff) else diff,
+                "interval": None if self.interval is None else list(self.interval),
+                "confidence": self.confidence, "resamples": self.resamples,
+                "constant": self.constant,
+                "better": None if self.better is None else self.versions[self.better],
+                "failed": self.failed, "not_run": self.not_run}
+
+
+def paired_interval(differences, resamples: int = BOOTSTRAP_RESAMPLES,
+                    confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of `differences` (one per pair: the pairs,
+    not the two sides, are resampled, so what the seeds share cancels), with a fixed RNG
+    seed. None for fewer than 2 pairs or pairs that all differ by the same amount."""
+    d = np.asarray(differences, dtype=np.float64)
+    if d.size < 2 or np.all(d == d[0]):
+        return None
+    return stratified_bootstrap_ci(d[:, None], np.mean, reps=resamples,
+                                   alpha=1 - confidence, seed=BOOTSTRAP_SEED)
+
+
+def _check_version(client: PolicyClient, version: str) -> None:
+    """VidtError unless the server opens a session on `version` (loading it from its model
+    repository if it must): before any episode, so a wrong version costs nothing."""
+    try:
+        with client.session(model_version=version) as s:
+            got = s.model_version
+    except ServerError as e:  # e.g. FAILED_PRECONDITION, naming the version
+        raise VidtError(f"{e.details} ({e.code.name}); `vidt models list DIR` lists the "
+                        f"versions of a model repository") from None
+    if got != version:
+        raise VidtError(f"asked for model_version {version!r}, the server ran {got!r}: it "
+                        f"cannot pin a session to a version (upgrade it)")
+
+
+def compare_versions(client: PolicyClient, env_id: str, versions, episodes: int, *,
+                     target_return: float | None = None, num_envs: int = 1, seed: int = 0,
+                     on_episode: Callable[[float, int], None] | None = None,
+                     resamples: int = BOOTSTRAP_RESAMPLES) -> Comparison:
+    """Seeds seed .. seed + episodes - 1 on both `versions` (V1, V2), alternating: seed s on
+    V1, then s on V2 (with num_envs > 1: a batch of num_envs seeds on V1, then the same
+    batch on V2), so whatever changes during the run (the server's load, the fleet's
+    pointer) falls on both alike. A seed whose episode failed (or did not run) on either
+    version is left out of the difference. The same version twice is allowed: on a
+    deterministic env and policy every difference is 0. The server lost for good
+    (GIVE_UP_AFTER failures in a row, on either version) ends the run: the seeds after it
+    are not run."""
+    versions = tuple(str(v) for v in versions)
+    if len(versions) != 2 or not all(versions):
+        raise VidtError(f"compare needs two model versions, got {versions}")
+    if episodes < 1 or num_envs < 1:
+        raise VidtError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
+    info = client.info()
+    for v in dict.fromkeys(versions):
+        _check_version(client, v)
+    outs = (_Episodes(on_episode or (lambda r, n: None)),
+            _Episodes(on_episode or (lambda r, n: None)))
+    lats: tuple[list[float], list[float]] = ([], [])
+    failovers = [0, 0]
+    in_a_row = 0  # failures since an episode last finished, on either version
+    if num_envs == 1:
+        env = make_env(env_id)
+        run = partial(_run_single, env=env)
+    else:
+        env = _vector_env(env_id, num_envs)
+        run = partial(_run_vector, num_envs=num_envs, envs=env)
+    try:
+        for start in range(seed, seed + episodes, num_envs):
+            n = min(num_envs, seed + episodes - start)
+            for side in (0, 1):
+                if in_a_row >= GIVE_UP_AFTER:
+                    break
+                out = outs[side]
+                out.failures_in_a_row = in_a_row
+                before = client.failovers
+                try:
+                    run(client, info, env_id, n, target_return, start, out, lats[side],
+                        model_version=versions[side])
+                except ServerError as e:  # the batch's sessions could not be opened
+                    out.fail([f"seed {s}'s episode (opening a session)"
+                              for s in range(start, start + n)], e)
+                failovers[side] += client.failovers - before
+                in_a_row = out.failures_in_a_row
+    finally:
+        env.close()
+    results = tuple(
+        EvalResult(env_id, tuple(o.returns), tuple(o.lengths), _percentiles(lat), num_envs,
+                   len(lat), f, tuple(o.versions), tuple(o.failed),
+                   max(0, episodes - len(o.returns) - len(o.failed)))
+        for o, lat, f in zip(outs, lats, failovers))
+    first, second = ({s: r for s, r in zip(o.seeds, o.returns)} for o in outs)
+    pair_seeds = tuple(sorted(s for s in first if s in second))
+    differences = tuple(second[s] - first[s] for s in pair_seeds)
+    return Comparison(env_id, versions, results, episodes, seed, pair_seeds, differences,
+                      paired_interval(differences, resamples), resamples)
