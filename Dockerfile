@@ -3,6 +3,7 @@
 #
 #   make image                 # CPU: python:3.11-slim, onnxruntime
 #   make image-gpu             # CUDA 13 + cuDNN 9 base, onnxruntime-gpu
+#   make image-gpu-offline     # the offline base, onnxruntime-gpu[cuda,cudnn]: CUDA from PyPI
 #   make image-base-offline    # no registry: a Debian base from mmdebstrap, then the CPU image
 #   docker run -p 50051:50051 -v $PWD/policy.onnx:/models/policy.onnx:ro \
 #       -v $PWD/token:/run/secrets/vidt_token:ro vidt-serve:cpu
@@ -41,14 +42,22 @@ RUN command -v python3 >/dev/null && python3 -m venv --help >/dev/null 2>&1 \
     || (apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
         && rm -rf /var/lib/apt/lists/*)
 COPY --from=build /wheels /wheels
-COPY constraints.txt docker/requirements-serve.txt docker/healthcheck.py /opt/vidt/
+COPY constraints.txt docker/constraints-cuda.txt docker/requirements-serve.txt \
+    docker/healthcheck.py /opt/vidt/
 # The project wheel without its training dependencies (torch, minari, h5py, tensorboard),
 # then exactly what serving needs, and exactly one onnxruntime package, at the tested versions.
+# ORT_PACKAGE=onnxruntime-gpu[cuda,cudnn] also brings CUDA and cuDNN as NVIDIA's wheels (under
+# site-packages/nvidia/*/lib): the dynamic linker is told where they are, so onnxruntime's CUDA
+# provider finds them on any base. The driver (libcuda) always comes from the host.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir ${PIP_CERT:+--cert "$PIP_CERT"} \
-        -c /opt/vidt/constraints.txt -r /opt/vidt/requirements-serve.txt "${ORT_PACKAGE}" \
+        -c /opt/vidt/constraints.txt -c /opt/vidt/constraints-cuda.txt \
+        -r /opt/vidt/requirements-serve.txt "${ORT_PACKAGE}" \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/*.whl \
-    && rm -rf /wheels
+    && rm -rf /wheels \
+    && libs=$(find /opt/venv -path '*/site-packages/nvidia/*/lib' -type d | sort) \
+    && if [ -n "$libs" ]; then echo "$libs" > /etc/ld.so.conf.d/vidt-cuda-wheels.conf \
+        && ldconfig; fi
 # A fixed uid and gid (10001) for mounted secrets, and a home (onnxruntime and Python look
 # for one).
 RUN groupadd --system --gid 10001 vidt \

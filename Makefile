@@ -7,7 +7,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 
 .PHONY: install test lint proto bench soak demo clean gpu-check gpu-wheels results \
-	image image-gpu image-base-offline image-smoke
+	image image-gpu image-gpu-offline image-base-offline image-smoke image-fleet-smoke
 
 SOAK_SECONDS ?= 600
 
@@ -82,6 +82,7 @@ ENGINE      ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman
 IMAGE       ?= vidt-serve
 BASE        ?= python:3.11-slim
 GPU_BASE    ?= nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+GPU_ORT     ?= onnxruntime-gpu
 OFFLINE_BASE = localhost/vidt-base:bookworm
 BUILD_FLAGS ?=
 RUN_FLAGS   ?=
@@ -92,12 +93,20 @@ image:
 
 image-gpu:
 	$(ENGINE) build $(FORMAT) $(BUILD_FLAGS) --build-arg BASE=$(GPU_BASE) \
-		--build-arg ORT_PACKAGE=onnxruntime-gpu -t $(IMAGE):gpu .
+		--build-arg "ORT_PACKAGE=$(GPU_ORT)" -t $(IMAGE):gpu .
 
 # No registry: the base from Debian's packages (mmdebstrap), then the CPU image on it.
 image-base-offline:
 	ENGINE=$(ENGINE) docker/base-offline.sh $(OFFLINE_BASE)
 	$(MAKE) image BASE=$(OFFLINE_BASE)
+
+# No registry, no CUDA base image: the GPU image on the offline base (made when missing), with
+# CUDA 13 and cuDNN 9 from PyPI's NVIDIA wheels (onnxruntime-gpu's extras, pinned by
+# docker/constraints-cuda.txt).
+image-gpu-offline:
+	$(ENGINE) image inspect $(OFFLINE_BASE) >/dev/null 2>&1 \
+		|| ENGINE=$(ENGINE) docker/base-offline.sh $(OFFLINE_BASE)
+	$(MAKE) image-gpu GPU_BASE=$(OFFLINE_BASE) GPU_ORT='onnxruntime-gpu[cuda,cudnn]'
 
 # Run the image with an exported model and a token on a free loopback port, as a user would.
 image-smoke: $(STAMP)
