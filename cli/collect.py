@@ -19,10 +19,14 @@ from .options import DiskPath, FiniteFloat
               help="Seeds the first reset and the random policy: same seed, same data.")
 @click.option("--target-return", type=FiniteFloat(), default=None,
               help="Return an ONNX policy is conditioned on (default: the one in its file).")
+@click.option("--action-noise", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Gaussian noise added to an ONNX policy's actions, as a fraction of half "
+                   "the action range (0.3: a good policy's data with spread), then clipped; "
+                   "seeded by --seed and recorded in the dataset.")
 @click.option("--out", type=DiskPath(), required=True,
               help="New directory for the Minari dataset (must not exist).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def collect(env_id, policy, steps, seed, target_return, out, as_json):
+def collect(env_id, policy, steps, seed, target_return, action_noise, out, as_json):
     """Record a dataset by running POLICY in ENV, and write it as a local Minari dataset.
 
     \b
@@ -44,7 +48,8 @@ def collect(env_id, policy, steps, seed, target_return, out, as_json):
     with tqdm(total=steps, desc=f"collect {env_id}", unit="step", leave=False,
               disable=None) as bar:
         report = run_collect(env_id, out, steps, seed=seed, policy=policy,
-                             target_return=target_return, on_step=bar.update)
+                             target_return=target_return, on_step=bar.update,
+                             action_noise=action_noise)
     rets, rec = report.returns, report.policy_record
     mean = sum(rets) / len(rets)
     result = {"out": report.out, "env_id": env_id, "policy": policy, "seed": seed,

@@ -232,3 +232,24 @@ def test_minari_dict_observations_flatten_like_the_env(tmp_path, monkeypatch):
     (ep,) = load("test/mazelike-v0")
     np.testing.assert_array_equal(ep.observations[0], env_obs)
     assert ep.terminated and len(ep) == T
+
+
+def test_action_noise_spreads_an_onnx_policys_data_within_bounds_and_is_recorded(tmp_path):
+    from serving_util import make_policy_onnx
+
+    policy = str(make_policy_onnx(tmp_path / "p.onnx", obs_dim=3, act_dim=1, env_id="Pendulum-v1",
+                                  low=-2.0, high=2.0))
+    made = {}
+    for name, noise in (("clean", 0.0), ("noisy", 0.5), ("noisy-again", 0.5)):
+        collect("Pendulum-v1", tmp_path / name, 300, seed=3, policy=policy, action_noise=noise)
+        made[name] = np.concatenate([e.actions for e in load(str(tmp_path / name))])
+    spread = made["noisy"] - made["clean"]
+    # The noise changes what is taken (and so, through the context, later actions too) ...
+    assert np.abs(spread).mean() > 0.2
+    np.testing.assert_array_equal(made["noisy"], made["noisy-again"])  # seeded
+    assert made["noisy"].min() >= -2.0 and made["noisy"].max() <= 2.0
+    meta = json.loads((tmp_path / "noisy" / "data" / "metadata.json").read_text())
+    assert meta["vidt_policy"]["action_noise"] == 0.5
+    assert "--action-noise 0.5" in meta["description"] + json.dumps(meta)
+    with pytest.raises(DatasetError, match="--action-noise is for an ONNX policy"):
+        collect("Pendulum-v1", tmp_path / "r", 10, action_noise=0.1)

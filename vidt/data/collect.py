@@ -47,7 +47,7 @@ class _OnnxActor:
     """An exported actor acting through its own context window and target return."""
 
     def __init__(self, path: str, env_id: str, target_return: float | None, obs_dim: int,
-                 act_dim: int):
+                 act_dim: int, noise: float = 0.0, seed: int = 0):
         self.policy = OnnxPolicy(path)
         meta = self.policy.metadata
         if (meta.obs_dim, meta.act_dim) != (obs_dim, act_dim):
@@ -57,13 +57,19 @@ class _OnnxActor:
         self.target_return = meta.default_target_return if target_return is None \
             else float(target_return)
         self.window = None
+        # Gaussian noise on each action, `noise` x half the action range, then clipped: a
+        # good policy's data with some spread (D4RL's "medium" data kept its policy's noise).
+        self.noise = float(noise)
+        self.rng = np.random.default_rng(seed)
+        self.low = np.asarray(meta.action_low, np.float32)
+        self.high = np.asarray(meta.action_high, np.float32)
 
     def record(self, path: str) -> dict:
         """What the dataset records of this policy (under POLICY_KEY in its metadata)."""
         m = self.policy.metadata
         return {"file": Path(path).name, "model_version": m.model_version,
                 "model_name": m.model_name, "algo": m.algo,
-                "target_return": self.target_return}
+                "target_return": self.target_return, "action_noise": self.noise}
 
     def reset(self) -> None:
         self.window = self.policy.new_window(self.target_return)
@@ -71,7 +77,11 @@ class _OnnxActor:
     def __call__(self, obs: np.ndarray, reward: float) -> np.ndarray:
         inputs = self.window.observe(obs, reward)
         action = self.policy.predict(inputs)[0]
-        self.window.record_action(action)
+        if self.noise:
+            scale = self.noise * (self.high - self.low) / 2
+            action = np.clip(action + self.rng.normal(0.0, 1.0, action.shape) * scale,
+                             self.low, self.high).astype(np.float32)
+        self.window.record_action(action)  # the action taken, as the policy's context
         return action
 
 
@@ -83,6 +93,7 @@ def collect(
     policy: str = "random",
     target_return: float | None = None,
     on_step: Callable[[int], None] | None = None,
+    action_noise: float = 0.0,
 ) -> CollectReport:
     """Run `steps` env steps with `policy` ("random" or a path to an ONNX actor) and write a
     Minari dataset to `out` (a directory that must not exist yet; written to a temporary
@@ -102,13 +113,17 @@ def collect(
         raise DatasetError(f"{out}: already exists; choose a new --out directory")
     if target_return is not None and not math.isfinite(target_return):
         raise DatasetError(f"--target-return must be a finite number, got {target_return}")
+    if not (math.isfinite(action_noise) and action_noise >= 0):
+        raise DatasetError(f"--action-noise must be a number >= 0, got {action_noise}")
+    if action_noise and policy == "random":
+        raise DatasetError("--action-noise is for an ONNX policy; the random policy has none")
     env = make_env(env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if policy == "random":
         env.action_space.seed(seed)
         act, record = None, None
     else:
-        act = _OnnxActor(policy, env_id, target_return, obs_dim, act_dim)
+        act = _OnnxActor(policy, env_id, target_return, obs_dim, act_dim, action_noise, seed)
         record = act.record(policy)
 
     try:
@@ -126,6 +141,8 @@ def collect(
     command = f"vidt collect --env {env_id} --policy {policy} --steps {steps} --seed {seed}"
     if target_return is not None:
         command += f" --target-return {target_return:.10g}"
+    if action_noise:
+        command += f" --action-noise {action_noise:.10g}"
     writer = _Writer(tmp_root, dataset_id, env_id, algo, command,
                      {POLICY_KEY: record} if record else {})
     returns: list[float] = []

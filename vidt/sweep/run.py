@@ -201,11 +201,12 @@ def collect_missing(sweep: Sweep, echo: Callable[[str], None]) -> None:
         if d.collect is None or Path(d.path).exists():
             continue
         c = d.collect
-        echo(f"collecting {d.env_id} {d.name}: {c['steps']} steps, policy {c['policy']}, "
-             f"seed {c['seed']} -> {d.path}")
+        noise = f", action noise {c['noise']:g}" if c.get("noise") else ""
+        echo(f"collecting {d.env_id} {d.name}: {c['steps']} steps, policy {c['policy']}"
+             f"{noise}, seed {c['seed']} -> {d.path}")
         cmd = [sys.executable, "-m", "vidt.cli.main", "collect", "--env", d.env_id, "--policy",
                str(c["policy"]), "--steps", str(c["steps"]), "--seed", str(c["seed"]), "--out",
-               d.path, "--json"]
+               d.path, "--json", *(("--action-noise", str(c["noise"])) if c.get("noise") else ())]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise VidtError(f"collecting {d.env_id} {d.name} failed: "

@@ -38,7 +38,7 @@ TOP = {"root", "train", "resources", "datasets", "grid"}
 TRAIN = {"preset", "online_steps", "pretrain_updates", "set", "device"}
 RESOURCES = {"cpus", "gpus"}
 DATASET = {"env", "name", "path", "collect", "threshold"}
-COLLECT = {"policy", "steps", "seed"}
+COLLECT = {"policy", "steps", "seed", "noise"}
 GRID = {"algos", "seeds", "variants"}
 VARIANT = {"algos", "set"}
 
@@ -173,6 +173,9 @@ def parse(path: Path) -> Sweep:
             _keys(collect, COLLECT, f"{at} collect")
             if not isinstance(collect.get("steps"), int) or collect["steps"] < 1:
                 raise ConfigError(f"{at} collect: 'steps' (a positive integer) is required")
+            noise = collect.get("noise", 0)
+            if isinstance(noise, bool) or not isinstance(noise, int | float) or not noise >= 0:
+                raise ConfigError(f"{at} collect: 'noise' must be a number >= 0, got {noise!r}")
             collect = {"policy": "random", "seed": 0, **collect}
             ds_path = str(root / "data" / f"{d['env']}-{slug(name)}")
         threshold = d.get("threshold")
