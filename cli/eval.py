@@ -107,13 +107,15 @@ def eval_cmd(server, env_id, episodes, target_return, target_returns, plot_file,
              no_failover, model_version, compare, as_json, no_progress):
     """Run episodes of ENV against the policy served at --server and report returns,
     normalized score, episode lengths and Act latency; with --target-returns, the return
-    achieved at each of several asked target returns.
+    achieved at each of several asked target returns; with --compare, two model versions
+    on the same seeds.
 
     --compare V1,V2 runs seed s on V1 then on V2, for each of the --episodes seeds (with
-    --num-envs M, a batch of M seeds on each in turn), and bounds V2 - V1 of the mean return
-    by resampling the seeds: an interval above 0 says V2 is better, below 0 V1, and one
-    containing 0 that these episodes show no difference. A seed that failed on either
-    version is left out. Versions are full ones, as `vidt models list` shows them.
+    --num-envs M, a batch of M seeds on each in turn), and bounds the difference of the mean
+    returns (V2 minus V1) by resampling the seeds: an interval above 0 says V2 is better,
+    below 0 V1, and one containing 0 that these episodes show no difference. A seed that
+    failed on either version is left out. Versions are full ones, as `vidt models list`
+    shows them.
 
     \b
     Example:
@@ -121,7 +123,7 @@ def eval_cmd(server, env_id, episodes, target_return, target_returns, plot_file,
       vidt eval --server 127.0.0.1:50051 --episodes 3 --record videos/
       vidt eval --server 127.0.0.1:50051 --target-returns 1000:4000:7 --plot targets.png \\
           --model hopper.onnx
-      vidt eval --server 127.0.0.1:50051 --episodes 30 --compare 3f2a9c01d4e5b678,8b7e6d5c4a3f2e10
+      vidt eval --server 127.0.0.1:50051 --episodes 30 --compare V1,V2  # vidt models list
     """
     from tqdm import tqdm
 
