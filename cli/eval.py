@@ -354,11 +354,11 @@ def _print_comparison(cmp, num_envs) -> None:
                                                                         "the second run")
         if cmp.constant and cmp.better is None:
             verdict = (f"no difference: both returned exactly the same on each of the {n} "
-                       f"seeds (a deterministic env and policy), so there is no interval to draw")
+                       f"seeds (a deterministic env and policy), so the interval is [0, 0]")
         elif cmp.constant:
             verdict = (f"{name[cmp.better]} ({cmp.versions[cmp.better]}) is better by exactly "
-                       f"{abs(cmp.difference):.2f} on each of the {n} seeds; with nothing "
-                       f"varying between seeds there is no interval to draw")
+                       f"{abs(cmp.difference):.2f} on each of the {n} seeds (nothing varies "
+                       f"between seeds, so the interval is that one value)")
         elif n == 1:
             verdict = "one pair only: no interval (run more episodes)"
         elif cmp.better is not None:

@@ -461,7 +461,7 @@ class Comparison:
     @property
     def constant(self) -> bool:
         """Two or more pairs, all differing by exactly the same amount (0 for the same
-        version on a deterministic env and policy): nothing varies for an interval to show."""
+        version on a deterministic env and policy): the interval is that one value."""
         return self.pairs >= 2 and len(set(self.differences)) == 1
 
     @property
@@ -503,10 +503,13 @@ def paired_interval(differences, resamples: int = BOOTSTRAP_RESAMPLES,
                     confidence: float = CONFIDENCE) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean of `differences` (one per pair: the pairs,
     not the two sides, are resampled, so what the seeds share cancels), with a fixed RNG
-    seed. None for fewer than 2 pairs or pairs that all differ by the same amount."""
+    seed. None for fewer than 2 pairs; [d, d] when every pair differs by the same d (each
+    resample's mean is d: the same version twice on a deterministic env and policy)."""
     d = np.asarray(differences, dtype=np.float64)
-    if d.size < 2 or np.all(d == d[0]):
+    if d.size < 2:
         return None
+    if np.all(d == d[0]):
+        return float(d[0]), float(d[0])
     return stratified_bootstrap_ci(d[:, None], np.mean, reps=resamples,
                                    alpha=1 - confidence, seed=BOOTSTRAP_SEED)
 

@@ -102,7 +102,7 @@ def test_the_better_version_is_named_with_an_interval_that_excludes_0(run_cli, s
     assert lines[5] == f"V2 ({steady.version}) is better: the interval excludes 0"
 
 
-def test_the_same_version_twice_differs_by_exactly_0_and_claims_no_interval(
+def test_the_same_version_twice_differs_by_exactly_0_with_an_interval_of_0(
         run_cli, server, models):
     """On a deterministic env and policy each seed's two episodes are the same episode. The
     returns vary from seed to seed, so only pairing by seed makes the difference exactly 0."""
@@ -113,12 +113,12 @@ def test_the_same_version_twice_differs_by_exactly_0_and_claims_no_interval(
     first, second = (r["returns"] for r in got["results"])
     assert first == second and len(set(first)) > 1
     assert got["differences"] == [0.0] * 8 and got["difference"] == 0.0
-    assert got["interval"] is None and got["constant"] and got["better"] is None
+    assert got["interval"] == [0.0, 0.0] and got["constant"] and got["better"] is None
     res = run_cli(*args)
     assert res.exit_code == 0, res.stderr
-    assert "V2 - V1: +0.00 over 8 pair(s)\n" in res.stdout and "interval [" not in res.stdout
+    assert "V2 - V1: +0.00 over 8 pair(s), 95% interval [+0.00, +0.00]" in res.stdout
     assert ("no difference: both returned exactly the same on each of the 8 seeds (a "
-            "deterministic env and policy), so there is no interval to draw") in res.stdout
+            "deterministic env and policy), so the interval is [0, 0]") in res.stdout
 
 
 @pytest.mark.parametrize("num_envs, episodes, order", [
