@@ -316,8 +316,21 @@ def _run_vector(client, info, env_id, episodes, target_return, seed, out: _Episo
 
 
 # ---- achieved against asked: the same episodes at several target returns ---------------------
+
+class _Runs:
+    """Several evaluations' failures, summed (`results`: EvalResults)."""
+
+    @property
+    def failed(self) -> int:
+        return sum(len(r.failed) for r in self.results)
+
+    @property
+    def not_run(self) -> int:
+        return sum(r.not_run for r in self.results)
+
+
 @dataclass(frozen=True)
-class TargetCurve:
+class TargetCurve(_Runs):
     """What a return-conditioned policy achieves when asked for each of several target
     returns: one EvalResult per target, every target run on the same seeds."""
 
@@ -327,14 +340,6 @@ class TargetCurve:
     # The training data's mean and best episode return, where the policy file records them.
     data_return_mean: float | None = None
     data_return_max: float | None = None
-
-    @property
-    def failed(self) -> int:
-        return sum(len(r.failed) for r in self.results)
-
-    @property
-    def not_run(self) -> int:
-        return sum(r.not_run for r in self.results)
 
     def to_json(self) -> dict:
         """The object `vidt eval --target-returns --json` prints: one row per target, each
@@ -427,7 +432,7 @@ CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(_Runs):
     """The same seeds run on two model versions: each version's EvalResult, and the
     difference of their returns (versions[1] minus versions[0]) over the seeds that finished
     on both, with a paired bootstrap interval of its mean."""
@@ -474,13 +479,6 @@ class Comparison:
             return None
         return int(self.interval[0] > 0)
 
-    @property
-    def failed(self) -> int:
-        return sum(len(r.failed) for r in self.results)
-
-    @property
-    def not_run(self) -> int:
-        return sum(r.not_run for r in self.results)
 
     def to_json(self) -> dict:
         """The object `vidt eval --compare --json` prints: each version's result as a

@@ -224,11 +224,7 @@ def plot_conditioning(rows: list[dict], task: tuple[str, str], path: Path) -> No
     ax.set_title(f"{task[0]} ({task[1]}): return conditioning")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
+    _save_png(fig, path)
 
 
 def _fmt(x, nd=1) -> str:
@@ -359,6 +355,12 @@ def plot_task(runs: list[Run], task: tuple[str, str], path: Path) -> None:
     ax.set_title(f"{task[0]} ({task[1]})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _save_png(fig, path)
+
+
+def _save_png(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     # No "Software" stamp (matplotlib's version): the same runs make the same bytes.
