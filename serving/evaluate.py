@@ -444,8 +444,8 @@ class Comparison(_Runs):
     seed: int
     pair_seeds: tuple[int, ...]  # the seeds that finished on both versions, ascending
     differences: tuple[float, ...]  # versions[1]'s return minus versions[0]'s, per pair
-    # Percentile interval of the mean difference over resamples of the pairs; None when it
-    # would say nothing: fewer than 2 pairs, or every pair differing by the same amount.
+    # Percentile interval of the mean difference over resamples of the pairs; None for fewer
+    # than 2 pairs, [d, d] when every pair differs by the same d.
     interval: tuple[float, float] | None
     resamples: int = BOOTSTRAP_RESAMPLES
     confidence: float = CONFIDENCE
