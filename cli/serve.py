@@ -106,6 +106,13 @@ def serve(model, model_repo, max_versions, host, port, max_sessions, idle_timeou
       vidt serve --model policy.onnx --transport asyncio   # many robots at once
       vidt serve --model-repo models/   # follows `vidt models promote models/ new.onnx`
       grpcurl -plaintext 127.0.0.1:50051 list
+
+    \b
+    Signals:
+      SIGTERM, SIGINT  drain (no new sessions, open ones get --grace), then exit 0
+      SIGHUP           reread the model repository's pointer now
+      SIGUSR1          take no new sessions, keep serving the open ones, and log
+                       "drained" when the last one ends (then stop it: nothing is lost)
     """
     from vidt.serving.server import serve as run
 
