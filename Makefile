@@ -7,7 +7,8 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 
 .PHONY: install test lint proto bench soak demo clean gpu-check gpu-wheels results \
-	image image-gpu image-gpu-offline image-base-offline image-smoke image-fleet-smoke
+	image image-gpu image-gpu-offline image-base-offline image-haproxy image-smoke \
+	image-fleet-smoke
 
 SOAK_SECONDS ?= 600
 
@@ -108,7 +109,21 @@ image-gpu-offline:
 		|| ENGINE=$(ENGINE) docker/base-offline.sh $(OFFLINE_BASE)
 	$(MAKE) image-gpu GPU_BASE=$(OFFLINE_BASE) GPU_ORT='onnxruntime-gpu[cuda,cudnn]'
 
+# HAProxy from Debian's package on the offline base (made when missing), for the fleet smoke.
+HAPROXY_IMAGE ?= vidt-haproxy:bookworm
+image-haproxy:
+	$(ENGINE) image inspect $(OFFLINE_BASE) >/dev/null 2>&1 \
+		|| ENGINE=$(ENGINE) docker/base-offline.sh $(OFFLINE_BASE)
+	$(ENGINE) build $(FORMAT) $(BUILD_FLAGS) --build-arg BASE=$(OFFLINE_BASE) \
+		-f docker/haproxy.Containerfile -t $(HAPROXY_IMAGE) docker
+
 # Run the image with an exported model and a token on a free loopback port, as a user would.
 image-smoke: $(STAMP)
 	$(BIN)/python scripts/image_smoke.py --engine $(ENGINE) --image $(IMAGE):cpu \
 		--run-flags "$(RUN_FLAGS)"
+
+# deploy/kubernetes/ played with `podman kube play` on loopback: replicas on one model
+# repository behind HAProxy, episodes through it, a version promoted under them.
+image-fleet-smoke: $(STAMP)
+	$(BIN)/python scripts/fleet_smoke.py --engine $(ENGINE) --image $(IMAGE):cpu \
+		--haproxy-image $(HAPROXY_IMAGE) --run-flags "$(RUN_FLAGS)"
