@@ -381,7 +381,9 @@ class OnnxPolicy:
         self._feeds = [(t.name, t.dtype, t.dims_for(self.metadata))
                        for t in (*INPUTS, *((TIMESTEPS,) if timesteps else ()))]
         self._window: ContextWindow | None = None
-        log.info("loaded %s (%s, model_version %s) on %s", self.path, self.metadata.model_name,
+        # Debug: a model repository opens files to read what they are; the server says what
+        # it serves (and loads) itself.
+        log.debug("loaded %s (%s, model_version %s) on %s", self.path, self.metadata.model_name,
                  self.metadata.model_version, self.provider)
 
     def __repr__(self) -> str:
