@@ -77,7 +77,7 @@ def test_td3_old_behaviour_is_one_set_away():
     assert not _same(w_old, _updated("td3", rl=False)[0])
 
 
-@pytest.mark.parametrize("algo", ["vidt", "odt", "td3"])
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
 @pytest.mark.parametrize("rl", [False, True])
 def test_every_update_moves_the_actor(algo, rl):
     L, sampler = _learner(algo)
@@ -138,3 +138,12 @@ def test_a_run_gets_the_documented_coefficients(name):
     row = _doc_table()[name]
     loss = resolve("Hopper-v5", name, "tiny").loss
     assert {k: getattr(loss, k) for k in COEFS} == {k: float(row[f"loss.{k}"]) for k in COEFS}
+
+
+def test_the_anchored_variant_is_declared_in_the_algorithm_table_alone():
+    """vidt-anchor is a row of vidt/train/algos.py and a coefficient of the loss: nothing else
+    in the package names it."""
+    root = Path(__file__).resolve().parents[1]
+    naming = sorted(str(p.relative_to(root)) for d in ("vidt", "cli", "serving")
+                    for p in (root / d).rglob("*.py") if "vidt-anchor" in p.read_text())
+    assert naming == ["vidt/train/algos.py"]

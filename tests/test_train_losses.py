@@ -248,3 +248,56 @@ def test_losses_leave_their_metrics_on_the_device_and_an_update_reads_them_once(
     for k, v in reads[0].items():
         want = v.item() if isinstance(v, torch.Tensor) else v
         assert type(out[k]) is float and out[k] == want, k
+
+
+def test_the_anchor_pulls_the_actor_toward_its_frozen_reference_online_only():
+    """vidt-anchor: the reference is the actor as it was at the online start (sync_targets);
+    with the supervised and RL terms off, its term alone moves the actor's actions toward
+    the reference's, and it is off while pretraining (no RL term)."""
+    from vidt.train.losses import deterministic_loss
+
+    cfg = resolve("vidt/OneState-v0", "vidt-anchor", "tiny")
+    assert cfg.loss.anchor_coef == 1.0 and resolve("vidt/OneState-v0", "vidt", "tiny").loss.anchor_coef == 0
+    L = Learner(cfg, ModelSpec(1, 1), [0.0], [1.0], [-1.0], [1.0])
+    L.actor.model.eval()  # no dropout: the gap is a function of the weights alone
+    with torch.no_grad():  # what pretraining made of the actor
+        for p in L.actor.model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    ref = [p.detach().clone() for p in L.actor.model.parameters()]
+    L.sync_targets()  # the online start: the reference is frozen here
+    for p, q in zip(L.reference.parameters(), ref):
+        torch.testing.assert_close(p, q)
+    with torch.no_grad():  # the actor drifts away from it (as online steps would move it)
+        for p in L.actor.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(3)
+    K, B = cfg.model.context_len, 64
+    batch = Batch(states=torch.randn(B, K, 1, generator=g), actions=torch.zeros(B, K, 1),
+                  rewards=torch.zeros(B, K), next_states=torch.randn(B, K, 1, generator=g),
+                  rtg=torch.rand(B, K + 1, generator=g), terminals=torch.zeros(B, K),
+                  mask=torch.ones(B, K), timesteps=torch.arange(K).repeat(B, 1))
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(((L.actor.model(*batch.inputs) - L.reference(*batch.inputs)) ** 2).mean())
+
+    assert gap() > 1e-3
+    loss, info = deterministic_loss(L, batch, 0.0, 1e-12)  # online: the anchor term is on
+    assert float(info["anchor_loss"]) == pytest.approx(gap(), rel=1e-4)
+    _, info = deterministic_loss(L, batch, 1.0, 0.0)  # pretraining: no anchor
+    assert "anchor_loss" not in info
+    opt = torch.optim.Adam(L.actor.model.parameters(), lr=1e-3)
+    before = gap()
+    for _ in range(50):
+        loss, _ = deterministic_actor_loss(batch, L.actor.model, None, 0.0, 0.0, L.reference, 1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert gap() < 0.5 * before
+    for p, q in zip(L.reference.parameters(), ref):  # frozen: it never moves
+        torch.testing.assert_close(p, q)
+    state = L.state_dict()
+    L2 = Learner(cfg, ModelSpec(1, 1), [0.0], [1.0], [-1.0], [1.0])
+    L2.load_state_dict(state)  # a resumed run anchors to the same reference
+    for p, q in zip(L2.reference.parameters(), ref):
+        torch.testing.assert_close(p, q)

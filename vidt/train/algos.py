@@ -37,6 +37,9 @@ class Algorithm:
     pretrain_supervised_coef: float  # weight of the supervised term while pretraining without RL
     loss: ActorLoss
     notes: str
+    # Weight of mean((a_pred - a_ref)^2) online, a_ref from the actor as pretraining left it
+    # (frozen at the online start): a pull back toward what good data taught; 0 = none.
+    anchor_coef: float = 0.0
 
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
@@ -50,6 +53,12 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("td3", stochastic=False, critic=True, supervised_coef=0.0, rl_coef=0.1,
               pretrain_supervised_coef=1.0, loss=losses.deterministic_loss,
               notes="the paper's TD3 row: supervised pretraining, the RL term alone online"),
+    # The paper's appendix answers forgetting on expert data with a KL term to the pretrained
+    # policy; the authors' public code has none (no reference policy anywhere in it). With a
+    # deterministic head a KL between two fixed-variance Gaussians is this MSE.
+    Algorithm("vidt-anchor", stochastic=False, critic=True, supervised_coef=1.0, rl_coef=0.1,
+              pretrain_supervised_coef=1.0, anchor_coef=1.0, loss=losses.deterministic_loss,
+              notes="vidt plus a pull toward the pretrained actor online (for good data)"),
 ]}
 
 

@@ -105,6 +105,9 @@ class LossSection:
     # Weight of the DT loss while pretraining with the RL term off (no rl_from_start): the
     # authors pretrain every algorithm, TD3 included, with the supervised loss alone.
     pretrain_supervised_coef: float = 1.0
+    # Weight of mean((a - a_ref)^2) online, a_ref from the actor frozen at the online start
+    # (an algorithm row with anchor_coef); 0 for the others.
+    anchor_coef: float = 0.0
     gamma: float = 0.99  # discount for the critic only (RTGs are undiscounted)
     tau: float = 0.005  # soft target update rate (TD3)
     policy_noise: float = 0.2  # target policy smoothing noise std, in [-1, 1] action units (TD3)
@@ -115,8 +118,10 @@ class LossSection:
     target_entropy: float | None = None  # None: -act_dim (ODT)
 
     def __post_init__(self):
-        _check(min(self.supervised_coef, self.rl_coef, self.pretrain_supervised_coef) >= 0,
-               "loss.supervised_coef, loss.rl_coef and loss.pretrain_supervised_coef must be >= 0")
+        _check(min(self.supervised_coef, self.rl_coef, self.pretrain_supervised_coef,
+                   self.anchor_coef) >= 0,
+               "loss.supervised_coef, loss.rl_coef, loss.pretrain_supervised_coef and "
+               "loss.anchor_coef must be >= 0")
         _check(0 <= self.gamma <= 1, f"loss.gamma must be in [0, 1], got {self.gamma}")
         _check(0 < self.tau <= 1, f"loss.tau must be in (0, 1], got {self.tau}")
         _check(self.actor_update_interval >= 1,
@@ -311,7 +316,8 @@ def default_dict(env_id: str, algo: str = DEFAULT_ALGORITHM, preset: str = DEFAU
     apply_overrides(d, fam.overrides)
     # The algorithm's loss mix (vidt.train.algos), then the family's alpha for an RL term.
     d["loss"].update(supervised_coef=alg.supervised_coef, rl_coef=alg.rl_coef,
-                     pretrain_supervised_coef=alg.pretrain_supervised_coef)
+                     pretrain_supervised_coef=alg.pretrain_supervised_coef,
+                     anchor_coef=alg.anchor_coef)
     if fam.rl_coef is not None and alg.rl_coef > 0:
         d["loss"]["rl_coef"] = fam.rl_coef
     return d

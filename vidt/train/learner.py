@@ -74,6 +74,11 @@ class Learner:
             self.actor_target = copy.deepcopy(self.actor.model).requires_grad_(False).eval()
             self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=o.critic_lr,
                                                 weight_decay=o.critic_weight_decay)
+        # The anchor's reference (loss.anchor_coef > 0): the actor as pretraining left it,
+        # frozen at the online start (sync_targets) and kept in checkpoints.
+        self.reference = None
+        if cfg.loss.anchor_coef > 0:
+            self.reference = copy.deepcopy(self.actor.model).requires_grad_(False).eval()
         self.log_temperature = None
         if algo.stochastic:
             self.log_temperature = torch.tensor(math.log(cfg.loss.init_temperature),
@@ -171,10 +176,13 @@ class Learner:
         return host_metrics(info)
 
     def sync_targets(self) -> None:
-        """Targets := current weights (at the start of the online phase)."""
+        """Targets (and the anchor's reference) := current weights (at the start of the online
+        phase)."""
         if self.critic is not None:
             self.critic_target.load_state_dict(self.critic.state_dict())
             self.actor_target.load_state_dict(self.actor.model.state_dict())
+        if self.reference is not None:
+            self.reference.load_state_dict(self.actor.model.state_dict())
 
     # ---------------------------------------------------------------- state
 
@@ -188,6 +196,8 @@ class Learner:
         if self.log_temperature is not None:
             s.update(log_temperature=self.log_temperature.detach().clone(),
                      temp_opt=self.temp_opt.state_dict())
+        if self.reference is not None:
+            s["reference"] = self.reference.state_dict()
         return s
 
     def load_state_dict(self, s: dict) -> None:
@@ -203,3 +213,5 @@ class Learner:
             with torch.no_grad():
                 self.log_temperature.copy_(s["log_temperature"])
             self.temp_opt.load_state_dict(s["temp_opt"])
+        if self.reference is not None:
+            self.reference.load_state_dict(s["reference"])

@@ -103,14 +103,22 @@ def critic_loss(batch: Batch, critic: TwinCritic, y: torch.Tensor) -> tuple[torc
 
 
 def deterministic_actor_loss(batch: Batch, model: DecisionTransformer, critic: TwinCritic | None,
-                             supervised_coef: float, rl_coef: float
-                             ) -> tuple[torch.Tensor, dict]:
+                             supervised_coef: float, rl_coef: float,
+                             reference: DecisionTransformer | None = None,
+                             anchor_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
     """vidt and td3: supervised MSE to the data's actions plus alpha * mean(-Q1) over real
-    tokens. rl_coef = 0 (or no critic) gives the plain DT loss."""
+    tokens. rl_coef = 0 (or no critic) gives the plain DT loss. With a `reference` model
+    (an algorithm with anchor_coef, online): plus anchor_coef * MSE to its actions on the same windows."""
     pred = model(*batch.inputs)  # (B, K, A) in [-1, 1]
     mse = masked_mean(((pred - batch.actions) ** 2).mean(-1), batch.mask)
     loss = supervised_coef * mse
     info = {"supervised_loss": mse.detach()}
+    if reference is not None and anchor_coef > 0:
+        with torch.no_grad():
+            ref = reference(*batch.inputs)  # (B, K, A)
+        anchor = masked_mean(((pred - ref) ** 2).mean(-1), batch.mask)
+        loss = loss + anchor_coef * anchor
+        info["anchor_loss"] = anchor.detach()
     if rl_coef > 0 and critic is not None:
         q1 = critic.q1(batch.states, pred)  # (B, K)
         rl = -masked_mean(q1, batch.mask)
@@ -142,9 +150,12 @@ def stochastic_actor_loss(batch: Batch, model: DecisionTransformer, log_temperat
 
 def deterministic_loss(learner, batch: Batch, supervised_coef: float, rl_coef: float
                        ) -> tuple[torch.Tensor, dict]:
-    """vidt and td3 (they differ only in their coefficients)."""
+    """vidt, td3 and the anchored vidt (they differ only in their coefficients). The anchor
+    pulls only online (with the RL term): before that the reference is the actor itself."""
     critic = learner.critic if rl_coef > 0 else None
-    return deterministic_actor_loss(batch, learner.train_model, critic, supervised_coef, rl_coef)
+    anchor = learner.cfg.loss.anchor_coef if rl_coef > 0 else 0.0
+    return deterministic_actor_loss(batch, learner.train_model, critic, supervised_coef, rl_coef,
+                                    learner.reference, anchor)
 
 
 def odt_loss(learner, batch: Batch, supervised_coef: float, rl_coef: float

@@ -17,7 +17,7 @@ COLUMNS = [
     "phase", "iteration", "online_env_steps", "actor_updates", "critic_updates", "wall_time_s",
     "eval_return_mean", "eval_return_std", "eval_normalized_score",
     "actor_loss", "critic_loss", "supervised_loss", "rl_loss", "q_mean", "entropy",
-    "temperature", "lr",
+    "temperature", "lr", "anchor_loss",
 ]
 
 
