@@ -96,6 +96,6 @@ def test_the_docs_table_lists_the_algorithms():
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "algorithm.md").read_text()
-    section = doc.split("### Three algorithms, one trainer")[1].split("###")[0]
+    section = doc.split("### The algorithms, one trainer")[1].split("###")[0]
     rows = [ln.split("|")[1].strip() for ln in section.splitlines() if ln.startswith("| `")][1:]
     assert [r.split("`")[1] for r in rows] == list(ALGORITHMS)

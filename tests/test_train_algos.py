@@ -108,9 +108,9 @@ COEFS = ("supervised_coef", "rl_coef", "pretrain_supervised_coef")
 
 
 def _doc_table() -> dict[str, dict[str, str]]:
-    """docs/algorithm.md's "Three algorithms, one trainer" table: {algo: {column: cell}}, a
+    """docs/algorithm.md's "The algorithms, one trainer" table: {algo: {column: cell}}, a
     column named by its first `code` span (`loss.rl_coef` (alpha) -> loss.rl_coef)."""
-    section = DOC.read_text().split("### Three algorithms, one trainer")[1].split("\n### ")[0]
+    section = DOC.read_text().split("### The algorithms, one trainer")[1].split("\n### ")[0]
     lines = [ln.strip().strip("|") for ln in section.splitlines() if ln.startswith("|")]
     cells = [[c.strip() for c in ln.split("|")] for ln in lines]
     header = [c.split("`")[1] if "`" in c else c for c in cells[0]]

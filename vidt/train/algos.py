@@ -1,7 +1,7 @@
 """The algorithms, each declared once: what the config, the learner, the trainer, the CLI's
 choices, the docs and the benchmarks read. Adding one is an entry here plus its actor loss
 (a function in losses.py with the signature of `ActorLoss`). docs/algorithm.md's table
-("Three algorithms, one trainer") describes each entry, coefficients included, and a test
+("The algorithms, one trainer") describes each entry, coefficients included, and a test
 holds it to this one.
 
 Pretraining uses `pretrain_supervised_coef` and no RL term, unless the family (AntMaze) or
