@@ -270,12 +270,7 @@ def _report_curve(curve, episodes, seed, plot_file, data, as_json) -> None:
                                "model_file": data["path"] if data else None}))
     else:
         _print_curve(curve, episodes, seed, plot_file, data)
-    if curve.failed or curve.not_run:
-        last = next((r.failed[-1] for r in reversed(curve.results) if r.failed), "")
-        raise click.ClickException(
-            f"{curve.failed} of {episodes * len(curve.targets)} episode(s) failed"
-            + (f", {curve.not_run} not run" if curve.not_run else "")
-            + (f": {last}" if last else ""))
+    _exit_if_any_failed(curve, episodes * len(curve.targets))
 
 
 def _print_curve(curve, episodes, seed, plot_file, data) -> None:
@@ -317,12 +312,7 @@ def _report_comparison(cmp, num_envs, as_json) -> None:
         click.echo(json.dumps(cmp.to_json()))
     else:
         _print_comparison(cmp, num_envs)
-    if cmp.failed or cmp.not_run:
-        last = next((r.failed[-1] for r in reversed(cmp.results) if r.failed), "")
-        raise click.ClickException(
-            f"{cmp.failed} of {2 * cmp.episodes} episode(s) failed"
-            + (f", {cmp.not_run} not run" if cmp.not_run else "")
-            + (f": {last}" if last else ""))
+    _exit_if_any_failed(cmp, 2 * cmp.episodes)
 
 
 def _print_comparison(cmp, num_envs) -> None:
@@ -379,3 +369,14 @@ def _print_comparison(cmp, num_envs) -> None:
     for i, r in enumerate(cmp.results):
         for why in r.failed:
             click.echo(f"  failed on V{i + 1}: {why}")
+
+
+def _exit_if_any_failed(runs, total: int) -> None:
+    """After the report: exit 1 naming the failures (and the last one's reason) of several
+    evaluations (a target curve, a comparison), if any episode failed or did not run."""
+    if runs.failed or runs.not_run:
+        last = next((r.failed[-1] for r in reversed(runs.results) if r.failed), "")
+        raise click.ClickException(
+            f"{runs.failed} of {total} episode(s) failed"
+            + (f", {runs.not_run} not run" if runs.not_run else "")
+            + (f": {last}" if last else ""))
