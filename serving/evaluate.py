@@ -119,12 +119,14 @@ def evaluate(client: PolicyClient, env_id: str, episodes: int, *,
     on_episode(return, length) is called as each episode finishes (progress bars).
     record_dir: the first `record_episodes` episodes are also written there as GIFs,
     rendered offscreen (single env only). model_version: run every episode on that version
-    (the server refuses a version it does not hold)."""
+    (a VidtError before any episode when the server cannot open a session on it)."""
     if episodes < 1 or num_envs < 1:
         raise VidtError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
     if record_dir is not None and num_envs != 1:
         raise VidtError("recording needs a single env (num_envs 1)")
     info = client.info()
+    if model_version:
+        _check_version(client, model_version)
     failovers_before = client.failovers
     if num_envs == 1:
         run = partial(_run_single, record_dir=record_dir, record_episodes=record_episodes,

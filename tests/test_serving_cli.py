@@ -150,8 +150,9 @@ def test_eval_on_a_pinned_model_version(run_cli):
         assert r.exit_code == 0, r.stderr
         assert json.loads(r.stdout)["model_versions"] == ["numpy", "numpy"]
         r = run_cli(*args, "--server", srv.address, "--model-version", "v-elsewhere")
-    assert r.exit_code == 1 and "model_version 'v-elsewhere' is not held" in r.stderr
-    assert json.loads(r.stdout)["episodes"] == 0
+    # Refused before any episode: one line, nothing on stdout.
+    assert r.exit_code == 1 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert "model_version 'v-elsewhere' is not held" in r.stderr
 
 
 def test_eval_fails_clearly_on_a_mismatched_env(run_cli, tiny_pendulum_file, tmp_path):
