@@ -119,9 +119,12 @@ class Fleet:
         def one():
             obs, rew = inputs(k)
             with (c.stream() if stream else c.session()) as s:
+                began = time.monotonic()
+                acts = []
                 for t in range(T):
-                    self.actions[k, t] = s.act(obs[t], rew[t])
+                    acts.append(s.act(obs[t], rew[t]))
                     self._tick()
+            self._record([k], [s.model_version], began, np.stack(acts)[None])
         return lambda: self._loop(one)
 
     def _batch(self, ks):
@@ -130,11 +133,20 @@ class Fleet:
         def one():
             eps = [inputs(k) for k in ks]
             with c.sessions(len(ks)) as b:
+                began = time.monotonic()
+                acts = []
                 for t in range(T):
-                    a = b.act(np.stack([o[t] for o, _ in eps]), np.array([r[t] for _, r in eps]))
-                    self.actions[ks, t] = a
+                    acts.append(b.act(np.stack([o[t] for o, _ in eps]),
+                                      np.array([r[t] for _, r in eps])))
                     self._tick(len(ks))
+                versions = [s.model_version for s in b.sessions]
+            self._record(ks, versions, began, np.stack(acts, axis=1))
         return lambda: self._loop(one)
+
+    def _record(self, ks, versions, began, acts):
+        """A finished episode per k in `ks`: its actions (len(ks), T, 2), the version it ran
+        on and when it began."""
+        self.actions[ks] = acts
 
     def start(self) -> list[threading.Thread]:
         jobs = [self._unary(k) for k in range(N_ACT)]
@@ -410,39 +422,9 @@ class VersionFleet(Fleet):
         super().__init__(address, rounds_until)
         self.done: list[tuple[int, str, float, np.ndarray]] = []
 
-    def _unary(self, k, stream=False):
-        c = self._client()
-
-        def one():
-            obs, rew = inputs(k)
-            with (c.stream() if stream else c.session()) as s:
-                began = time.monotonic()
-                acts = []
-                for t in range(T):
-                    acts.append(s.act(obs[t], rew[t]))
-                    self._tick()
-                acts = np.stack(acts)
-            with self.lock:
-                self.done.append((k, s.model_version, began, acts))
-        return lambda: self._loop(one)
-
-    def _batch(self, ks):
-        c = self._client()
-
-        def one():
-            eps = [inputs(k) for k in ks]
-            with c.sessions(len(ks)) as b:
-                began = time.monotonic()
-                acts = []
-                for t in range(T):
-                    acts.append(b.act(np.stack([o[t] for o, _ in eps]),
-                                      np.array([r[t] for _, r in eps])))
-                    self._tick(len(ks))
-                versions = [s.model_version for s in b.sessions]
-            acts = np.stack(acts, axis=1)  # (len(ks), T, A)
-            with self.lock:
-                self.done += [(k, v, began, a) for k, v, a in zip(ks, versions, acts)]
-        return lambda: self._loop(one)
+    def _record(self, ks, versions, began, acts):
+        with self.lock:
+            self.done += [(k, v, began, a) for k, v, a in zip(ks, versions, acts)]
 
 
 def _events(replica, event: str, version: str) -> float:
