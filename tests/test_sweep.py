@@ -8,12 +8,14 @@ import csv
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # find_spec, not import: importing Ray here would load it (and its fork handlers) into the
@@ -323,6 +325,48 @@ def test_datasets_a_sweep_collects_are_made_once_and_then_checked(tmp_path):
     check(spec)  # the dataset loads and fits the env
     collect_missing(spec, said.append)  # there already: nothing more
     assert len(said) == 1
+
+
+def test_the_index_records_each_dataset_s_returns_and_the_report_sets_runs_beside_them(
+        tmp_path):
+    from vidt.data import load
+    from vidt.report.report import markdown, summarize
+    from vidt.report.runs import Run, find_datasets
+    from vidt.sweep.run import collect_missing, write_index
+    from vidt.sweep.spec import parse
+
+    f = tmp_path / "s.toml"
+    f.write_text(f'root = "{tmp_path / "root"}"\n[[datasets]]\nenv = "Pendulum-v1"\n'
+                 'name = "r"\ncollect = { policy = "random", steps = 400, seed = 2 }\n'
+                 '[grid]\nalgos = ["odt", "vidt"]\nseeds = [0]\n')
+    spec = parse(f)
+    write_index(spec)  # before collection: nothing to say of the data yet
+    assert find_datasets(tmp_path / "root") == {}
+    collect_missing(spec, lambda line: None)
+    write_index(spec)
+    returns = [e.episode_return for e in load(spec.datasets[0].path, "Pendulum-v1")]
+    rec = find_datasets(tmp_path / "root")[("Pendulum-v1", "r")]
+    assert (rec["episodes"], rec["steps"]) == (2, 400)
+    assert rec["return_mean"] == pytest.approx(np.mean(returns))
+    assert rec["return_max"] == pytest.approx(max(returns))
+    assert rec["score_max"] > rec["score_mean"] and "collected_with" not in rec
+    shutil.rmtree(spec.datasets[0].path)
+    write_index(spec)  # the data deleted since: what was recorded stays
+    assert find_datasets(tmp_path / "root")[("Pendulum-v1", "r")] == rec
+
+    def run(algo, seed, scores):
+        return Run(tmp_path / algo / str(seed), "Pendulum-v1", "r", algo, "", seed,
+                   np.array([0, 1000, 2000, 3000]), np.array(scores, float), True, 3000, True)
+
+    runs = [run("odt", 0, [1, 2, 3, 4]), run("odt", 1, [1, 2, 3, 6]), run("vidt", 0, [0, 0, 9, 9])]
+    md = markdown(summarize(runs, reps=50, datasets=find_datasets(tmp_path / "root")))
+    data = (f"{rec['return_mean']:.1f} ({rec['score_mean']:.1f}) | "
+            f"{rec['return_max']:.1f} ({rec['score_max']:.1f})")
+    # odt: finals 4 and 6, last 3 means 3 and 11/3; vidt: one run, final 9, last 3 6
+    assert (f"| Pendulum-v1 | r |  | 2 | {data} | 5.0 ± 1.0 / 3.3 ± 0.3 | 9.0 ± 0.0 / 6.0 ± 0.0 |"
+            in md.splitlines())
+    # Without a recorded dataset, no such section: the report of an older index is unchanged.
+    assert "Each dataset" not in markdown(summarize(runs, reps=50))
 
 
 def test_without_ray_the_sweep_says_how_to_get_it(run_cli, tmp_path, monkeypatch):

@@ -65,12 +65,14 @@ def digits(runs: list[Run]) -> int:
 
 
 def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
-              pending: list[Path] = (), waiting: list[Path] = ()) -> dict:
+              pending: list[Path] = (), waiting: list[Path] = (),
+              datasets: dict[tuple[str, str], dict] | None = None) -> dict:
     """Everything the report says, as plain data. threshold: the score whose first crossing
     is reported (default: per task, `task_threshold`); a crossing counts only for a run that
     starts below it. pending: runs started but not evaluated yet; waiting: a sweep's runs not
     started. Unfinished runs are listed apart, as running where a trainer holds their
-    directory, as stopped otherwise."""
+    directory, as stopped otherwise. datasets: what a sweep recorded of each task's data
+    (`runs.find_datasets`), set beside the task's runs."""
     tasks = sorted({r.task for r in runs})
     methods = sorted({r.method for r in runs})
     done = [r for r in runs if r.finished]
@@ -137,6 +139,9 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
     unfinished = [r.path for r in runs if not r.finished] + list(pending)
     held = {p: training_pid(p) for p in unfinished}  # read once: a run may end meanwhile
     return {"tasks": [list(t) for t in tasks], "methods": methods, "per_task": per_task,
+            # Only where a sweep recorded its data: older indexes make the same report as before.
+            **({"datasets": [datasets[t] for t in tasks if t in datasets]}
+               if datasets and any(t in datasets for t in tasks) else {}),
             "conditioning": conditioning(done),
             "per_run": per_run, "thresholds": thresholds, "aggregate": aggregate, "improvement": improvement,
             "running": [str(p) for p in unfinished if held[p]],
@@ -167,6 +172,38 @@ def conditioning(done: list[Run]) -> list[dict]:
                                 "return_mean": mean, "return_std": std,
                                 "data_return_mean": got[0]["data_return_mean"],
                                 "data_return_max": got[0]["data_return_max"]})
+    return out
+
+
+def _datasets_md(summary: dict, nd: dict) -> list[str]:
+    """Per dataset: what its episodes return, and each method's final score / its mean over
+    the last 3 evaluations (mean ± std over seeds) after finetuning from it."""
+    methods = summary["methods"]
+    out = ["\n## Each dataset and what finetuning from it reached\n",
+           "The data's mean and best episode return (normalized score in brackets, where the "
+           "env has references); then per method the final score / the mean of the last 3 "
+           "evaluations, mean ± std over seeds.\n",
+           "| env | dataset | collected by | episodes | data mean | data best | "
+           + " | ".join(methods) + " |", "|---|---|---|---|---|---|" + "---|" * len(methods)]
+    cells = {(r["env_id"], r["dataset"], r["method"]): r for r in summary["per_task"]}
+    for d in summary["datasets"]:
+        task = (d["env_id"], d["dataset"])
+        n = nd[task]
+
+        def data(ret, score):
+            return f"{ret:.{n}f}" + ("" if score is None else f" ({score:.{n}f})")
+        by = d.get("collected_with")
+        source = ("" if not by else f"{by['file']}" + (f", action noise {by['action_noise']:g}"
+                                                       if by.get("action_noise") else ""))
+        row = []
+        for m in methods:
+            r = cells.get((*task, m))
+            row.append("" if r is None or not r["seeds"] else
+                       f"{r['final_mean']:.{n}f} ± {r['final_std']:.{n}f} / "
+                       f"{r['last3_mean']:.{n}f} ± {r['last3_std']:.{n}f}")
+        out.append(f"| {task[0]} | {task[1]} | {source} | {d['episodes']} | "
+                   f"{data(d['return_mean'], d['score_mean'])} | "
+                   f"{data(d['return_max'], d['score_max'])} | " + " | ".join(row) + " |")
     return out
 
 
@@ -294,6 +331,8 @@ def markdown(summary: dict) -> str:
                 "|---|---|---|"]
         out += [f"| {p['x']} | {p['y']} | {p['p_x_better']:.2f} |"
                 for p in summary["improvement"]]
+    if summary.get("datasets"):
+        out += _datasets_md(summary, nd)
     if summary["conditioning"]:
         out += _conditioning_md(summary["conditioning"])
     if summary["running"]:
@@ -405,8 +444,9 @@ def report(runs_root: Path, out: Path, threshold: float | None = None, reps: int
            plots: bool = True) -> tuple[dict, dict[str, str]]:
     """`vidt report RUNS_ROOT --out OUT`: the summary of every run under `runs_root`, and
     the files written."""
-    from .runs import find_runs
+    from .runs import find_datasets, find_runs
 
     runs, pending, waiting = find_runs(Path(runs_root))
-    summary = summarize(runs, threshold=threshold, reps=reps, pending=pending, waiting=waiting)
+    summary = summarize(runs, threshold=threshold, reps=reps, pending=pending, waiting=waiting,
+                        datasets=find_datasets(Path(runs_root)))
     return summary, write(summary, runs, Path(out), plots=plots)

@@ -146,3 +146,19 @@ def find_runs(root: Path) -> tuple[list[Run], list[Path], list[Path]]:
                         "config.json and metrics.csv, as `vidt train --out` writes)")
     waiting = sorted(path for key, path in listed.items() if key not in started)
     return sorted(runs, key=lambda r: (r.task, r.method, r.seed)), pending, waiting
+
+
+def find_datasets(root: Path) -> dict[tuple[str, str], dict]:
+    """(env_id, dataset name) -> what `vidt sweep` recorded of that dataset in the sweep
+    indexes under `root` (episodes, return mean and best, their normalized scores, the
+    policy that collected it): `vidt.sweep.run.dataset_record`."""
+    out = {}
+    for index in sorted(Path(root).rglob(INDEX_FILE)):
+        try:
+            records = json.loads(index.read_text()).get("datasets", [])
+            for d in records:
+                out[(d["env_id"], d["dataset"])] = d
+        except (OSError, json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
+            raise VidtError(f"{index}: unreadable sweep index ({e})") from None
+    return out
+

@@ -191,8 +191,41 @@ def write_index(sweep: Sweep) -> None:
         "variant": p.variant, "sets": list(p.sets), "seed": p.seed,
         **({} if p.dataset.threshold is None else {"threshold": p.dataset.threshold})}
         for p in sweep.points}}
-    atomic_write_text(json.dumps({"sweep_file": str(sweep.file), "runs": runs}, indent=1),
-                      index)
+    try:
+        old = json.loads(index.read_text()).get("datasets", [])
+    except (OSError, ValueError, AttributeError):
+        old = []
+    # A dataset removed from the disk since keeps what was recorded of it.
+    datasets = {(d["env_id"], d["dataset"]): d for d in old if isinstance(d, dict)}
+    for d in sweep.datasets:
+        record = dataset_record(d)
+        if record is not None:
+            datasets[(d.env_id, d.name)] = record
+    atomic_write_text(json.dumps({"sweep_file": str(sweep.file), "runs": runs,
+                                  **({"datasets": [datasets[k] for k in sorted(datasets)]}
+                                     if datasets else {})}, indent=1), index)
+
+
+def dataset_record(d) -> dict | None:
+    """What the report sets beside a dataset's runs: its episodes and return statistics (the
+    normalized scores of its mean and best return where the env has references) and, for
+    data `vidt collect --policy` made, the policy; None while the dataset is not there yet
+    (or does not load: its runs will say why)."""
+    from vidt.data import load, policy_record, summarize
+    from vidt.envs import normalized_score
+
+    if d.path is not None and not Path(d.path).exists():
+        return None
+    try:
+        s = summarize(load(d.path, d.env_id), d.path or "builtin", d.env_id,
+                      policy_record(d.path))
+    except VidtError:
+        return None
+    return {"env_id": d.env_id, "dataset": d.name, "episodes": s.episodes, "steps": s.steps,
+            "return_mean": s.return_mean, "return_max": s.return_max,
+            "score_mean": s.normalized_score,
+            "score_max": normalized_score(d.env_id, s.return_max),
+            **({"collected_with": s.collected_with} if s.collected_with else {})}
 
 
 def collect_missing(sweep: Sweep, echo: Callable[[str], None]) -> None:
@@ -235,6 +268,7 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
     from .spec import check
 
     check(sweep)  # the collected datasets too
+    write_index(sweep)  # now with what the collected datasets hold
 
     started_here = not ray.is_initialized()
     if started_here:
