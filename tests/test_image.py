@@ -23,16 +23,22 @@ ENGINE = os.environ.get("VIDT_IMAGE_ENGINE") or ("podman" if shutil.which("podma
 IMAGE = os.environ.get("VIDT_IMAGE", "vidt-serve:cpu")
 
 
+def _run_flags() -> list[str]:
+    """VIDT_IMAGE_RUN_FLAGS, once this machine's engine starts the image with them; else skip."""
+    flags = shlex.split(os.environ.get("VIDT_IMAGE_RUN_FLAGS", ""))
+    why = smoke.cannot_run(ENGINE, IMAGE, flags)
+    if why:
+        pytest.skip(f"{ENGINE} cannot start {IMAGE} here ({why}): set VIDT_IMAGE_RUN_FLAGS")
+    return flags
+
+
 def test_the_image_serves_refuses_without_the_token_and_drains():
     why = smoke.engine_usable(ENGINE)
     if why:
         pytest.skip(f"no container engine: {why}")
     if not smoke.image_present(ENGINE, IMAGE):
         pytest.skip(f"no image {IMAGE}: build it with `make image`")
-    flags = shlex.split(os.environ.get("VIDT_IMAGE_RUN_FLAGS", ""))
-    why = smoke.cannot_run(ENGINE, IMAGE, flags)
-    if why:
-        pytest.skip(f"{ENGINE} cannot start {IMAGE} here ({why}): set VIDT_IMAGE_RUN_FLAGS")
+    flags = _run_flags()
     said = []
     smoke.smoke(ENGINE, IMAGE, flags, log=said.append)
     assert [s.split(":")[0] for s in said] == ["ok"] * 4, said
@@ -171,10 +177,7 @@ def test_the_fleet_plays_promotes_and_drains():
     for img, make in ((IMAGE, "make image"), (HAPROXY_IMAGE, "make image-haproxy")):
         if not smoke.image_present(ENGINE, img):
             pytest.skip(f"no image {img}: build it with `{make}`")
-    flags = shlex.split(os.environ.get("VIDT_IMAGE_RUN_FLAGS", ""))
-    why = smoke.cannot_run(ENGINE, IMAGE, flags)
-    if why:
-        pytest.skip(f"{ENGINE} cannot start {IMAGE} here ({why}): set VIDT_IMAGE_RUN_FLAGS")
+    flags = _run_flags()
     said = []
     figures = fleet.smoke(ENGINE, IMAGE, HAPROXY_IMAGE, flags, log=said.append)
     assert [s.split(":")[0] for s in said] == ["ok"] * 7, said
