@@ -28,7 +28,10 @@ def report(runs_root, out_dir, threshold, reps, as_json):
     std over seeds, and how many seeds that start below a threshold reach it, and when; per
     run the same; across tasks the interquartile
     mean with a stratified bootstrap 95% interval and the probability of improvement between
-    methods (as rliable defines them); curves with bands, one PNG per task.
+    methods (as rliable defines them); curves with bands, one PNG per task. Where a sweep
+    recorded its datasets, each one's mean and best return beside what each method reached
+    from it; where runs asked for several returns (eval.target_returns), the return
+    achieved at each, with a PNG per task.
 
     Only finished runs enter the statistics; unfinished runs are listed apart, as
     running (a trainer holds the directory) or stopped.
