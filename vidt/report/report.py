@@ -140,7 +140,8 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
     held = {p: training_pid(p) for p in unfinished}  # read once: a run may end meanwhile
     return {"tasks": [list(t) for t in tasks], "methods": methods, "per_task": per_task,
             # Only where a sweep recorded its data: older indexes make the same report as before.
-            **({"datasets": [datasets[t] for t in tasks if t in datasets]}
+            **({"datasets": [{**datasets[t], "worst_online": worst_online(done, t)}
+                             for t in tasks if t in datasets]}
                if datasets and any(t in datasets for t in tasks) else {}),
             "conditioning": conditioning(done),
             "per_run": per_run, "thresholds": thresholds, "aggregate": aggregate, "improvement": improvement,
@@ -149,6 +150,19 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
             "aggregate_notes": notes,
             "not_started": [str(p) for p in waiting],
             "runs": len(runs) + len(pending) + len(waiting), "finished": len(done)}
+
+
+def worst_online(done: list[Run], task: tuple[str, str]) -> dict[str, list[float]]:
+    """Per method, the mean ± std over seeds of each run's lowest score after an online step:
+    how much of what pretraining reached a method gives up on the way (data that is already
+    good), where final and last 3 say only where it ends."""
+    out = {}
+    for m in sorted({r.method for r in done if r.task == task}):
+        lows = [float(np.min(r.scores[r.steps > 0])) for r in done
+                if r.task == task and r.method == m and np.any(r.steps > 0)]
+        if lows:
+            out[m] = list(_mean_std(lows))
+    return out
 
 
 PHASES = ("pretrained", "final")  # conditioning.csv's phases, in the order a run makes them
@@ -177,12 +191,14 @@ def conditioning(done: list[Run]) -> list[dict]:
 
 def _datasets_md(summary: dict, nd: dict) -> list[str]:
     """Per dataset: what its episodes return, and each method's final score / its mean over
-    the last 3 evaluations (mean ± std over seeds) after finetuning from it."""
+    the last 3 evaluations / its worst evaluation online (mean ± std over seeds) after
+    finetuning from it."""
     methods = summary["methods"]
     out = ["\n## Each dataset and what finetuning from it reached\n",
            "The data's mean and best episode return (normalized score in brackets, where the "
            "env has references); then per method the final score / the mean of the last 3 "
-           "evaluations, mean ± std over seeds.\n",
+           "evaluations / the lowest evaluation after an online step, each mean ± std over "
+           "seeds.\n",
            "| env | dataset | collected by | episodes | data mean | data best | "
            + " | ".join(methods) + " |", "|---|---|---|---|---|---|" + "---|" * len(methods)]
     cells = {(r["env_id"], r["dataset"], r["method"]): r for r in summary["per_task"]}
@@ -198,9 +214,11 @@ def _datasets_md(summary: dict, nd: dict) -> list[str]:
         row = []
         for m in methods:
             r = cells.get((*task, m))
+            low = d["worst_online"].get(m)
             row.append("" if r is None or not r["seeds"] else
                        f"{r['final_mean']:.{n}f} ± {r['final_std']:.{n}f} / "
-                       f"{r['last3_mean']:.{n}f} ± {r['last3_std']:.{n}f}")
+                       f"{r['last3_mean']:.{n}f} ± {r['last3_std']:.{n}f}"
+                       + ("" if low is None else f" / {low[0]:.{n}f} ± {low[1]:.{n}f}"))
         out.append(f"| {task[0]} | {task[1]} | {source} | {d['episodes']} | "
                    f"{data(d['return_mean'], d['score_mean'])} | "
                    f"{data(d['return_max'], d['score_max'])} | " + " | ".join(row) + " |")
