@@ -350,6 +350,7 @@ def test_the_index_records_each_dataset_s_returns_and_the_report_sets_runs_besid
     assert rec["return_mean"] == pytest.approx(np.mean(returns))
     assert rec["return_max"] == pytest.approx(max(returns))
     assert rec["score_max"] > rec["score_mean"] and "collected_with" not in rec
+    assert rec["collected_by"] == "a random policy"
     shutil.rmtree(spec.datasets[0].path)
     write_index(spec)  # the data deleted since: what was recorded stays
     assert find_datasets(tmp_path / "root")[("Pendulum-v1", "r")] == rec
@@ -364,7 +365,7 @@ def test_the_index_records_each_dataset_s_returns_and_the_report_sets_runs_besid
             f"{rec['return_max']:.1f} ({rec['score_max']:.1f})")
     # odt: finals 4 and 6, last 3 means 3 and 11/3, lowest online 2 and 2; vidt: one run,
     # final 9, last 3 7, lowest online 3 (its 0 came after pretraining, before any online step)
-    assert (f"| Pendulum-v1 | r |  | 2 | {data} | 5.0 ± 1.0 / 3.3 ± 0.3 / 2.0 ± 0.0 | "
+    assert (f"| Pendulum-v1 | r | a random policy | 2 | {data} | 5.0 ± 1.0 / 3.3 ± 0.3 / 2.0 ± 0.0 | "
             f"9.0 ± 0.0 / 7.0 ± 0.0 / 3.0 ± 0.0 |" in md.splitlines())
     # Without a recorded dataset, no such section: the report of an older index is unchanged.
     assert "Each dataset" not in markdown(summarize(runs, reps=50))

@@ -208,9 +208,7 @@ def _datasets_md(summary: dict, nd: dict) -> list[str]:
 
         def data(ret, score):
             return f"{ret:.{n}f}" + ("" if score is None else f" ({score:.{n}f})")
-        by = d.get("collected_with")
-        source = ("" if not by else f"{by['file']}" + (f", action noise {by['action_noise']:g}"
-                                                       if by.get("action_noise") else ""))
+        source = d.get("collected_by", "")
         row = []
         for m in methods:
             r = cells.get((*task, m))

@@ -211,7 +211,7 @@ def dataset_record(d) -> dict | None:
     normalized scores of its mean and best return where the env has references) and, for
     data `vidt collect --policy` made, the policy; None while the dataset is not there yet
     (or does not load: its runs will say why)."""
-    from vidt.data import load, policy_record, summarize
+    from vidt.data import is_random_policy_data, load, policy_record, summarize
     from vidt.envs import normalized_score
 
     if d.path is not None and not Path(d.path).exists():
@@ -221,11 +221,18 @@ def dataset_record(d) -> dict | None:
                       policy_record(d.path))
     except VidtError:
         return None
+    by = s.collected_with
+    if by:
+        noise = by.get("action_noise")
+        collected_by = f"{by.get('file')}" + (f", action noise {noise:g}" if noise else "")
+    else:
+        collected_by = "a random policy" if is_random_policy_data(d.path) else None
     return {"env_id": d.env_id, "dataset": d.name, "episodes": s.episodes, "steps": s.steps,
             "return_mean": s.return_mean, "return_max": s.return_max,
             "score_mean": s.normalized_score,
             "score_max": normalized_score(d.env_id, s.return_max),
-            **({"collected_with": s.collected_with} if s.collected_with else {})}
+            **({"collected_by": collected_by} if collected_by else {}),
+            **({"collected_with": by} if by else {})}
 
 
 def collect_missing(sweep: Sweep, echo: Callable[[str], None]) -> None:
