@@ -38,14 +38,14 @@ def fit(run_dir: str, dataset: str, windows: int, seed: int) -> dict:
         data = b.actions[:, -1]  # (N, A)
         at_bound = data.abs() > BOUND
         err = (taken - data).abs()
+        mean = lambda x: float(x.mean()) if x.numel() else None  # noqa: E731 (None: no such action)
         out = {"run": run_dir, "algo": meta["algo"], "windows": windows,
                "share_at_bound": float(at_bound.float().mean()),
-               "err_at_bound": float(err[at_bound].mean()),
-               "err_inside": float(err[~at_bound].mean())}
+               "err_at_bound": mean(err[at_bound]), "err_inside": mean(err[~at_bound])}
         if meta["stochastic"]:
             std = actor.model.distribution(*b.inputs).base.stddev[:, -1]  # (N, A)
-            out["std_at_bound"] = float(std[at_bound].mean())
-            out["std_inside"] = float(std[~at_bound].mean())
+            out["std_at_bound"] = mean(std[at_bound])
+            out["std_inside"] = mean(std[~at_bound])
     return out
 
 
@@ -64,11 +64,13 @@ def main() -> None:
         return
     print(f"{'run (last 3 parts)':30} {'algo':5} {'at bound':>8} {'|err| bound':>11} {'|err| inside':>12} "
           f"{'std bound':>9} {'std inside':>10}")
+    def cell(x, width):
+        return f"{'-':>{width}}" if x is None else f"{x:{width}.3f}"
+
     for r in rows:
-        std = (f"{r['std_at_bound']:9.3f} {r['std_inside']:10.3f}" if "std_at_bound" in r
-               else f"{'-':>9} {'-':>10}")
         print(f"{'/'.join(Path(r['run']).parts[-3:]):30} {r['algo']:5} {r['share_at_bound']:8.3f} "
-              f"{r['err_at_bound']:11.3f} {r['err_inside']:12.3f} {std}")
+              f"{cell(r['err_at_bound'], 11)} {cell(r['err_inside'], 12)} "
+              f"{cell(r.get('std_at_bound'), 9)} {cell(r.get('std_inside'), 10)}")
 
 
 if __name__ == "__main__":
