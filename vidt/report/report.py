@@ -202,12 +202,13 @@ def _datasets_md(summary: dict, nd: dict) -> list[str]:
            "| env | dataset | collected by | episodes | data mean | data best | "
            + " | ".join(methods) + " |", "|---|---|---|---|---|---|" + "---|" * len(methods)]
     cells = {(r["env_id"], r["dataset"], r["method"]): r for r in summary["per_task"]}
+
+    def data(ret, score, n):
+        return f"{ret:.{n}f}" + ("" if score is None else f" ({score:.{n}f})")
+
     for d in summary["datasets"]:
         task = (d["env_id"], d["dataset"])
         n = nd[task]
-
-        def data(ret, score):
-            return f"{ret:.{n}f}" + ("" if score is None else f" ({score:.{n}f})")
         source = d.get("collected_by", "")
         row = []
         for m in methods:
@@ -218,8 +219,8 @@ def _datasets_md(summary: dict, nd: dict) -> list[str]:
                        f"{r['last3_mean']:.{n}f} ± {r['last3_std']:.{n}f}"
                        + ("" if low is None else f" / {low[0]:.{n}f} ± {low[1]:.{n}f}"))
         out.append(f"| {task[0]} | {task[1]} | {source} | {d['episodes']} | "
-                   f"{data(d['return_mean'], d['score_mean'])} | "
-                   f"{data(d['return_max'], d['score_max'])} | " + " | ".join(row) + " |")
+                   f"{data(d['return_mean'], d['score_mean'], n)} | "
+                   f"{data(d['return_max'], d['score_max'], n)} | " + " | ".join(row) + " |")
     return out
 
 

@@ -161,4 +161,3 @@ def find_datasets(root: Path) -> dict[tuple[str, str], dict]:
         except (OSError, json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
             raise VidtError(f"{index}: unreadable sweep index ({e})") from None
     return out
-

@@ -25,7 +25,7 @@ from vidt.errors import VidtError
 from vidt.files import atomic_write_text, training_pid
 from vidt.procs import with_parent
 
-from .spec import Point, Sweep
+from .spec import Dataset, Point, Sweep
 
 STOP_FILE = ".sweep-stop"  # in the root: tells the sweep's tasks to checkpoint and stop
 
@@ -206,7 +206,7 @@ def write_index(sweep: Sweep) -> None:
                                      if datasets else {})}, indent=1), index)
 
 
-def dataset_record(d) -> dict | None:
+def dataset_record(d: Dataset) -> dict | None:
     """What the report sets beside a dataset's runs: its episodes and return statistics (the
     normalized scores of its mean and best return where the env has references) and, for
     data `vidt collect --policy` made, the policy; None while the dataset is not there yet
