@@ -157,3 +157,18 @@ def test_negative_scores_have_no_default_threshold(tmp_path):
     declared = [_run(tmp_path, "a", s, [-9, -5, -3.9], threshold=-4.5) for s in (0, 1)]
     t = summarize(declared, reps=50)["thresholds"][0]
     assert (t["threshold"], t["source"]) == (-4.5, "the sweep file's")
+
+
+def test_a_report_written_over_an_earlier_one_removes_what_it_no_longer_makes(tmp_path):
+    from vidt.report.report import summarize, write
+
+    def run(algo):
+        return _run(tmp_path, algo, 0, [0.0, 1.0])
+
+    out = tmp_path / "report"
+    write(summarize([run("a"), run("b")], reps=50), [], out, plots=False)
+    assert (out / "improvement.csv").exists()  # two methods: P(a > b) and P(b > a)
+    (out / "notes.txt").write_text("a user's own file")
+    write(summarize([run("a")], reps=50), [], out, plots=False)
+    assert not (out / "improvement.csv").exists()
+    assert (out / "notes.txt").exists()  # never listed by a report: left alone

@@ -428,8 +428,14 @@ def _save_png(fig, path: Path) -> None:
 def write(summary: dict, runs: list[Run], out: Path, plots: bool = True) -> dict[str, str]:
     """report.md, per_task.csv, per_run.csv, aggregate.csv, improvement.csv, summary.json
     and (with `plots`) one PNG per task into `out`, each written whole (temp file, then
-    rename); returns name -> path. The same runs make the same files, byte for byte."""
+    rename); returns name -> path. The same runs make the same files, byte for byte. Files
+    an earlier report in `out` listed and this one does not make are removed, so `out` never
+    mixes two reports."""
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        before = set(json.loads((out / "summary.json").read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        before = set()  # no earlier report here (or not ours): nothing to remove
     files = {}
     for name, text in (("report.md", markdown(summary)),
                        ("per_task.csv", _csv(summary["per_task"])),
@@ -454,6 +460,9 @@ def write(summary: dict, runs: list[Run], out: Path, plots: bool = True) -> dict
     atomic_write_text(json.dumps({**summary, "files": sorted([*files, "summary.json"])},
                                  indent=1) + "\n", out / "summary.json")
     files["summary.json"] = str(out / "summary.json")
+    for name in before - set(files):
+        if "/" not in name and name != "..":  # a name of ours, never a path elsewhere
+            (out / name).unlink(missing_ok=True)
     return files
 
 
