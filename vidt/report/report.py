@@ -138,11 +138,11 @@ def summarize(runs: list[Run], threshold: float | None = None, reps: int = 2000,
                             "p_x_better": probability_of_improvement(matrices[a], matrices[b])})
     unfinished = [r.path for r in runs if not r.finished] + list(pending)
     held = {p: training_pid(p) for p in unfinished}  # read once: a run may end meanwhile
+    data_rows = [{**datasets[t], "worst_online": worst_online(done, t)}
+                 for t in tasks if t in (datasets or {})]
     return {"tasks": [list(t) for t in tasks], "methods": methods, "per_task": per_task,
             # Only where a sweep recorded its data: older indexes make the same report as before.
-            **({"datasets": [{**datasets[t], "worst_online": worst_online(done, t)}
-                             for t in tasks if t in datasets]}
-               if datasets and any(t in datasets for t in tasks) else {}),
+            **({"datasets": data_rows} if data_rows else {}),
             "conditioning": conditioning(done),
             "per_run": per_run, "thresholds": thresholds, "aggregate": aggregate, "improvement": improvement,
             "running": [str(p) for p in unfinished if held[p]],
