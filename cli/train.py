@@ -77,11 +77,16 @@ def _algo_help() -> str:
               help="Run directory (required, except with --dry-run).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
 @click.option("--force", is_flag=True, help="Start over in a non-empty --out (replaces our files only).")
+@click.option("--pretrained-from", "pretrained_from", type=DiskPath(file_okay=False, exists=True),
+              default=None, metavar="RUN_DIR",
+              help="Skip pretraining: start from RUN_DIR/pretrained.pt, the state another run "
+                   "reached when its pretraining ended. Its settings must equal this run's "
+                   "except algo (one pretrained alike) and the online loss coefficients.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config as JSON and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, device, config_file,
-          sets, out, resume, force, dry_run, as_json, no_progress):
+          sets, out, resume, force, pretrained_from, dry_run, as_json, no_progress):
     """Pretrain a decision transformer offline, then finetune it online.
 
     \b
@@ -95,7 +100,8 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
     agree). --dry-run prints the result.
 
     The run directory gets config.json, metrics.csv, TensorBoard events (tb/),
-    learning_curve.png, checkpoint.pt (resumable) and actor.pt (for `vidt export`).
+    learning_curve.png, checkpoint.pt (resumable), actor.pt (for `vidt export`) and
+    pretrained.pt (the state when pretraining ended, for `--pretrained-from`).
     Ctrl-C writes a checkpoint; `--resume` continues from it.
     """
     from vidt.train.config import TrainConfig, flatten_dict, read_run_config, read_toml, typed_value
@@ -131,7 +137,7 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
     if resume and not _say_what_resume_does(run_dir, base, cfg):
         return
 
-    result = run_train(cfg, run_dir, resume=resume, force=force,
+    result = run_train(cfg, run_dir, resume=resume, force=force, pretrained_from=pretrained_from,
                        progress=not no_progress and not as_json and sys.stderr.isatty())
     summary = {
         "run_dir": str(result.run_dir), "env_id": cfg.env_id, "algo": cfg.algo,
@@ -141,11 +147,14 @@ def train(env_id, dataset, algo, preset, online_steps, pretrain_updates, seed, d
         "final_eval_return_std": result.final_eval_return_std,
         "final_normalized_score": result.final_normalized_score,
         "interrupted": result.interrupted,
+        "pretrained_from": result.pretrained_from,
     }
     if as_json:
         click.echo(json.dumps(summary))
     else:
         ev = result.final_eval_return_mean
+        if result.pretrained_from:
+            click.echo(f"Pretraining: {result.pretrained_from}", err=True)
         click.echo(f"{'Interrupted' if result.interrupted else 'Done'}: {cfg.algo} on {cfg.env_id}, "
                    f"{result.online_env_steps} online steps, {result.actor_updates} actor updates, "
                    f"{result.wall_time_s:.1f} s; last eval return "

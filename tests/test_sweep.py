@@ -486,3 +486,23 @@ def test_a_variant_of_some_algos_only_and_a_threshold_per_dataset(tmp_path):
 
     with pytest.raises(ConfigError, match=r"algos \['td3'\] are not in \[grid\] algos"):
         parse(f)
+
+
+def test_a_control_that_differs_only_online_starts_from_its_method_s_pretraining(tmp_path):
+    f, root = sweep_file(tmp_path, "share", algos='["vidt"]')
+    f.write_text(f.read_text().replace("seeds = [0, 1]", "seeds = [0]")
+                 + '[grid.variants]\n"" = []\n"rl-off" = ["loss.rl_coef=0.0"]\n')
+    res = vidt("sweep", str(f), "--max-concurrent", "1")
+    assert res.returncode == 0, res.stderr
+    base = root / "vidt-OneState-v0-builtin"
+    assert f"{base / 'vidt-rl-off' / 's0'} (pretrained as {base / 'vidt' / 's0'})" in res.stderr
+    assert "vidt/s0 (pretrained" not in res.stderr
+    # The control ends exactly as when it pretrains itself, with the command its log holds.
+    log = (root / "logs" / "vidt-OneState-v0-builtin" / "vidt-rl-off" / "s0.log").read_text()
+    cmd = next(line for line in log.splitlines() if line.startswith("$ vidt train")).split()[3:]
+    i = cmd.index("--pretrained-from")
+    cmd[cmd.index("--out") + 1] = str(tmp_path / "own")
+    own = vidt("train", *cmd[:i], *cmd[i + 2:])
+    assert own.returncode == 0, own.stderr
+    assert rows(base / "vidt-rl-off" / "s0") == rows(tmp_path / "own")
+    assert rows(base / "vidt-rl-off" / "s0") != rows(base / "vidt" / "s0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -56,3 +57,29 @@ def test_kill_9_and_resume_equals_uninterrupted(tmp_path, run_cli):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert _rows(killed) == _rows(full)
+
+
+def test_a_run_that_differs_only_online_starts_from_another_s_pretraining(tmp_path, run_cli):
+    # vidt-anchor differs from vidt in its algorithm and online coefficients only: started from
+    # vidt's pretrained.pt it must end exactly as when it pretrains itself.
+    vidt_run, own, taken = tmp_path / "vidt", tmp_path / "own", tmp_path / "taken"
+    anchor = [*ARGS[:ARGS.index("--algo")], "--algo", "vidt-anchor", *ARGS[ARGS.index("--seed"):]]
+    assert run_cli(*ARGS, "--out", str(vidt_run)).exit_code == 0
+    assert (vidt_run / "pretrained.pt").is_file()
+    assert run_cli(*anchor, "--out", str(own)).exit_code == 0
+    r = run_cli(*anchor, "--out", str(taken), "--pretrained-from", str(vidt_run))
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["pretrained_from"] == str(vidt_run / "pretrained.pt")
+    assert _rows(taken) == _rows(own)
+    assert _rows(taken) != _rows(vidt_run)  # the anchor acts online
+
+    # One that would pretrain otherwise is refused in one line, before its directory exists.
+    odt = [*ARGS[:ARGS.index("--algo")], "--algo", "odt", *ARGS[ARGS.index("--seed"):]]
+    r = run_cli(*odt, "--out", str(tmp_path / "odt"), "--pretrained-from", str(vidt_run))
+    assert r.exit_code == 1 and "pretrained with other settings: algo: 'vidt' vs 'odt'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "odt").exists()
+    r = run_cli(*anchor, "--set", "loss.gamma=0.9", "--out", str(tmp_path / "g"),
+                "--pretrained-from", str(vidt_run))
+    assert r.exit_code == 1 and "loss.gamma: 0.99 vs 0.9" in r.stderr
+    r = run_cli(*anchor, "--out", str(tmp_path / "n"), "--pretrained-from", str(tmp_path))
+    assert r.exit_code == 1 and "no pretrained.pt" in r.stderr

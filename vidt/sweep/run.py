@@ -4,7 +4,8 @@ so a run behaves (and resumes) exactly as it does from the command line.
 Local Ray by default (started and stopped here); a cluster with `address`. On a cluster the
 sweep root and datasets must be on storage every node sees, and vidt installed on each.
 Stop and go on: Ctrl-C cancels the running tasks, whose `vidt train` gets SIGINT and writes a
-checkpoint; a rerun skips finished runs and resumes the others.
+checkpoint; a rerun skips finished runs and resumes the others. A run that would pretrain
+exactly as another already has (pretraining_donor) starts from that run's pretrained.pt.
 """
 
 from __future__ import annotations
@@ -65,6 +66,27 @@ def is_finished(run_dir: Path) -> bool:
     except VidtError:
         return False
     return run is not None and run.finished
+
+
+def pretraining_donor(sweep: Sweep, p: Point, configs: dict) -> Path | None:
+    """A run of the sweep that has pretrained exactly as p would (same dataset and seed, its
+    settings equal but for what only the online phase reads: ViDT and its RL-off control, or
+    vidt-anchor), whose pretrained.pt p starts from instead of pretraining again. None when p
+    has a checkpoint of its own or no such run has finished pretraining yet. `configs`:
+    point -> its TrainConfig, filled as needed."""
+    from vidt.train.checkpoint import CHECKPOINT, PRETRAINED
+    from vidt.train.trainer import pretraining_differences
+
+    if (p.run_dir / CHECKPOINT).exists():
+        return None
+    for q in sweep.points:
+        if q == p or q.dataset != p.dataset or q.seed != p.seed:
+            continue
+        if (q.run_dir / PRETRAINED).is_file():
+            a, b = (configs.setdefault(x, sweep.config(x)) for x in (q, p))
+            if not pretraining_differences(a, b):
+                return q.run_dir
+    return None
 
 
 def log_path(sweep: Sweep, p: Point) -> Path:
@@ -285,6 +307,7 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
         else:
             ray.init(num_cpus=os.cpu_count(), num_gpus=_local_gpus(), **kwargs)
     running: dict = {}  # ObjectRef -> (point, start)
+    configs: dict = {}  # point -> TrainConfig, for pretraining_donor
     queue: list[Point] = []
     resumed: set[Path] = set()  # run dirs that had a config.json when submitted
     # `kill PID` (SIGTERM) stops a sweep in the background as Ctrl-C does in a terminal.
@@ -313,11 +336,14 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
                 resume = (p.run_dir / "config.json").exists()
                 if resume:
                     resumed.add(p.run_dir)
-                ref = task.remote(sweep.train_args(p, resume),
+                donor = pretraining_donor(sweep, p, configs)
+                ref = task.remote(sweep.train_args(p, resume, donor),
                                   str(log_path(sweep, p).absolute()), str(stop_file.absolute()),
                                   os.getcwd())
                 running[ref] = (p, time.monotonic())
-                echo(f"start  {p.name}{' (resuming)' if resume else ''}; curve: "
+                how = "; ".join([*(["resuming"] if resume else []),
+                                 *([f"pretrained as {donor}"] if donor else [])])
+                echo(f"start  {p.name}{f' ({how})' if how else ''}; curve: "
                      f"{p.run_dir / 'learning_curve.png'}")
 
         submit()

@@ -86,7 +86,22 @@ class Sweep:
     datasets: tuple[Dataset, ...]
     points: tuple[Point, ...] = field(default=())
 
-    def train_args(self, p: Point, resume: bool) -> list[str]:
+    def config(self, p: Point):
+        """The TrainConfig `vidt train` resolves for point p (its dataset need not exist)."""
+        from vidt.train.config import parse_set, resolve
+
+        overrides = {"env_id": p.dataset.env_id, "algo": p.algo, "seed": p.seed}
+        if p.dataset.path:
+            overrides["dataset"] = p.dataset.path
+        for name, value in (("preset", self.preset), ("device", self.device),
+                            ("online.online_steps", self.online_steps),
+                            ("online.pretrain_updates", self.pretrain_updates)):
+            if value is not None:
+                overrides[name] = value
+        overrides.update(parse_set(list(self.sets) + list(p.sets)))
+        return resolve(p.dataset.env_id, p.algo, self.preset or "small", overrides=overrides)
+
+    def train_args(self, p: Point, resume: bool, pretrained_from: Path | None = None) -> list[str]:
         """The `vidt train` arguments of point p (threads set to its CPU share)."""
         args = ["--env", p.dataset.env_id, "--algo", p.algo, "--seed", str(p.seed),
                 "--out", str(p.run_dir), "--no-progress", "--json"]
@@ -100,6 +115,8 @@ class Sweep:
         threads = max(1, int(self.cpus))
         for s in (f"threads={threads}", *self.sets, *p.sets):
             args += ["--set", s]
+        if pretrained_from is not None:
+            args += ["--pretrained-from", str(pretrained_from)]
         return [*args, "--resume"] if resume else args
 
 
@@ -239,7 +256,6 @@ def check(sweep: Sweep) -> None:
     """What `vidt train --dry-run` checks, for every distinct run configuration: each override
     is a field with a valid value, the env can be made, and a dataset that exists loads and
     fits the env (one still to be collected is checked after its collection)."""
-    from vidt.train.config import parse_set, resolve
     from vidt.train.trainer import check_inputs
 
     done = set()
@@ -248,20 +264,10 @@ def check(sweep: Sweep) -> None:
         if key in done:
             continue
         done.add(key)
-        overrides = {"env_id": p.dataset.env_id, "algo": p.algo, "seed": p.seed}
-        if p.dataset.path:
-            overrides["dataset"] = p.dataset.path
-        for name, value in (("preset", sweep.preset), ("device", sweep.device),
-                            ("online.online_steps", sweep.online_steps),
-                            ("online.pretrain_updates", sweep.pretrain_updates)):
-            if value is not None:
-                overrides[name] = value
         label = f"{p.dataset.env_id} {p.dataset.name} {p.algo}" + (
             f" [{p.variant}]" if p.variant else "")
         try:
-            overrides.update(parse_set(list(sweep.sets) + list(p.sets)))
-            cfg = resolve(p.dataset.env_id, p.algo, sweep.preset or "small",
-                          overrides=overrides)
+            cfg = sweep.config(p)
             if p.dataset.collect is None or Path(p.dataset.path).exists():
                 check_inputs(cfg)
         except VidtError as e:

@@ -1,10 +1,13 @@
 """Checkpoint files: written atomically (temp file + os.replace), read with weights_only=True.
 
-A run directory holds two files of ours:
+A run directory holds three files of ours:
   checkpoint.pt  everything needed to resume (networks, targets, optimisers, replay buffer,
                  RNG states, counters, metrics so far); only tensors, numbers, strings, lists
                  and dicts, so that no pickled object is ever executed when it is loaded.
   actor.pt       the actor's weights and the metadata export needs (small).
+  pretrained.pt  the same state as checkpoint.pt at the end of pretraining, before anything
+                 online: what a run that differs only online can start from
+                 (`vidt train --pretrained-from`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from vidt.model.dt import Actor, DecisionTransformer, ModelConfig, ModelSpec
 from vidt.policy_file import PolicyFacts
 
 CHECKPOINT = "checkpoint.pt"
+PRETRAINED = "pretrained.pt"
 ACTOR = "actor.pt"  # the actor as of the last checkpoint
 ACTOR_BEST = "actor_best.pt"  # the actor of the run's best evaluation so far
 ACTORS = {"last": ACTOR, "best": ACTOR_BEST}
@@ -43,7 +47,7 @@ def atomic_save(obj, path: str | Path) -> None:
 # Files of a run directory written through vidt.files.atomic_write: a SIGKILL mid-write leaves
 # `.NAME.XXXX.tmp` behind, which the next trainer on that directory removes.
 ATOMIC_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, ACTOR_BEST, "learning_curve.png",
-                CONDITIONING)
+                CONDITIONING, PRETRAINED)
 
 
 def remove_stale_temps(run_dir: Path) -> list[str]:

@@ -213,5 +213,6 @@ class Learner:
             with torch.no_grad():
                 self.log_temperature.copy_(s["log_temperature"])
             self.temp_opt.load_state_dict(s["temp_opt"])
-        if self.reference is not None:
+        # A pretraining snapshot of a run without an anchor has none; the online start sets it.
+        if self.reference is not None and "reference" in s:
             self.reference.load_state_dict(s["reference"])

@@ -47,6 +47,7 @@ from .checkpoint import (
     CONDITIONING,
     FORMAT_VERSION,
     LOCK_FILE,
+    PRETRAINED,
     ActorMeta,
     RunDirLock,
     actor_payload,
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 # Ours, so `--force` removes them: what the trainer writes, and `vidt export`'s default file,
 # which would otherwise sit beside a new run's actor as if it were its export.
 RUN_FILES = ("config.json", "metrics.csv", CHECKPOINT, ACTOR, ACTOR_BEST, "learning_curve.png",
-             "tb", "policy.onnx")
+             "tb", "policy.onnx", PRETRAINED)
 EPISODE_STEP_CAP = 100_000  # bound on an episode of an env without a time limit
 
 
@@ -81,6 +82,7 @@ class RunResult:
     final_normalized_score: float | None
     metrics: list[dict] = field(default_factory=list)
     interrupted: bool = False
+    pretrained_from: str | None = None  # the pretrained.pt it started from, if not its own
 
 
 # ---------------------------------------------------------------- setup helpers
@@ -237,7 +239,8 @@ CONDITIONING_COLUMNS = ("phase", "target_return", "return_mean", "return_std", "
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False,
-                 force: bool = False, progress: bool = False):
+                 force: bool = False, progress: bool = False,
+                 pretrained_from: str | Path | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = resolve_device(cfg.device)
         self.progress = progress
@@ -258,17 +261,20 @@ class Trainer:
         state_mean, state_std = all_obs.mean(0), all_obs.std(0) + 1e-6
 
         try:
+            # Before the run directory is touched too: a donor it cannot use is an input error.
+            donor = read_pretrained(pretrained_from, cfg, self.device) if pretrained_from else None
             self.lock = prepare_run_dir(self.run_dir, resume, force)
         except BaseException:
             self._close_envs()
             raise
         try:
-            self._setup(cfg, resume, state_mean, state_std)
+            self._setup(cfg, resume, state_mean, state_std, donor)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, cfg: TrainConfig, resume: bool, state_mean, state_std) -> None:
+    def _setup(self, cfg: TrainConfig, resume: bool, state_mean, state_std,
+               donor: dict | None) -> None:
         if resume:
             saved = TrainConfig.from_dict(read_run_config(self.run_dir))
             check_resume_config(saved, cfg)
@@ -294,10 +300,13 @@ class Trainer:
         self.last_eval: tuple[float, float] | None = None
         self.best_eval: float | None = None  # the best evaluation's mean return so far
         self.meter = LossMeter()
+        self.pretrained_from: str | None = None
 
         ckpt = self.run_dir / CHECKPOINT
         self.resumed = resume and ckpt.exists()
         state = load_file(ckpt, map_location=self.device) if self.resumed else None
+        if state is None and donor is not None:
+            state = {**donor, "pretrained_from": donor["path"]}
         purge = int(state["learner"]["actor_updates"]) if state else None
         self.metrics = MetricsLog(self.run_dir, f"{cfg.algo} on {cfg.env_id} (seed {cfg.seed})",
                                   purge_step=purge)
@@ -326,6 +335,7 @@ class Trainer:
             "metrics": json.dumps(self.metrics.rows),
             "meter": json.dumps([self.meter.sums, self.meter.counts]),
             "actor_file": actor_payload(self.learner.actor, self.meta()),
+            "pretrained_from": self.pretrained_from or "",
         }
 
     def _load_state(self, s: dict) -> None:
@@ -345,6 +355,7 @@ class Trainer:
         self.metrics.rows = json.loads(s["metrics"])
         self.metrics.write_csv()
         self.meter.sums, self.meter.counts = json.loads(s["meter"])
+        self.pretrained_from = s.get("pretrained_from") or None  # absent before it existed
         evals = [r for r in self.metrics.rows if r["eval_return_mean"] != ""]
         if evals:
             self.last_eval = (evals[-1]["eval_return_mean"], evals[-1]["eval_return_std"])
@@ -368,11 +379,12 @@ class Trainer:
             online_env_steps=self.online_env_steps, actor_updates=self.learner.actor_updates,
             vidt_version=vidt.__version__, **changes)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *also: str) -> None:
+        """checkpoint.pt and actor.pt, and the same state under each name in `also`."""
         self.wall_time += self._elapsed()
         self._t0 = time.perf_counter()
         state = self._state()
-        for name, obj in ((CHECKPOINT, state), (ACTOR, state["actor_file"])):
+        for name, obj in ((CHECKPOINT, state), (ACTOR, state["actor_file"]), *((n, state) for n in also)):
             self._save(name, obj)
 
     def _save(self, name: str, obj: dict) -> None:
@@ -509,8 +521,10 @@ class Trainer:
             self._bar(bar, n / (time.perf_counter() - t))
             if (L.actor_updates // chunk) % o.checkpoint_every == 0:
                 self.checkpoint()
-        # 2. the online start.
+        # 2. the online start, from a state kept as pretrained.pt: a run that differs from
+        # this one only online (its RL-off control) can start there instead of pretraining.
         if self.phase == "pretrain":
+            self.checkpoint(PRETRAINED)
             self._row(*self.evaluate())
             self._conditioning("pretrained")
             L.sync_targets()
@@ -562,7 +576,8 @@ class Trainer:
             final_eval_return_mean=last["eval_return_mean"] if last else None,
             final_eval_return_std=last["eval_return_std"] if last else None,
             final_normalized_score=None if score in ("", None) else float(score),
-            metrics=list(self.metrics.rows), interrupted=interrupted)
+            metrics=list(self.metrics.rows), interrupted=interrupted,
+            pretrained_from=self.pretrained_from)
 
     def _close_envs(self) -> None:
         for env in [self.collect_env, *self.eval_envs]:
@@ -574,6 +589,35 @@ class Trainer:
 
 
 RESUMABLE_CHANGES = ("online.online_steps", "device", "threads")
+# What only the online phase reads (unless the RL term is on from the start): two runs whose
+# configs differ in nothing else pretrain to the same state, bit for bit on one machine.
+ONLINE_ONLY = ("algo", "loss.supervised_coef", "loss.rl_coef", "loss.anchor_coef")
+
+
+def pretraining_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """The settings in which a and b pretrain differently (empty: one can start from the
+    other's pretrained.pt). Their algorithms may differ when pretraining runs them alike."""
+    x, y = flatten_dict(a.to_dict()), flatten_dict(b.to_dict())
+    free = RESUMABLE_CHANGES + (() if x["loss.rl_from_start"] or y["loss.rl_from_start"] else ONLINE_ONLY)
+    diff = [f"{k}: {x[k]!r} vs {y.get(k)!r}" for k in x if x[k] != y.get(k) and k not in free]
+    p, q = a.algorithm, b.algorithm
+    if (p.loss, p.stochastic, p.critic) != (q.loss, q.stochastic, q.critic):
+        diff.insert(0, f"algo: {a.algo!r} vs {b.algo!r} (pretrained differently)")
+    return diff
+
+
+def read_pretrained(run_dir: str | Path, cfg: TrainConfig, device) -> dict:
+    """RUN_DIR/pretrained.pt, checked to be the pretraining `cfg` would do itself."""
+    path = Path(run_dir) / PRETRAINED
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no {PRETRAINED} (a run writes it when its pretraining "
+                          f"ends)")
+    state = load_file(path, map_location=device)
+    diff = pretraining_differences(TrainConfig.from_dict(json.loads(state["config"])), cfg)
+    if diff:
+        raise ConfigError(f"{path} was pretrained with other settings: {', '.join(diff[:4])}; "
+                          f"only {', '.join(ONLINE_ONLY)} may differ")
+    return {**state, "path": str(path)}
 
 
 def check_resume_config(saved: TrainConfig, new: TrainConfig) -> None:
@@ -588,7 +632,8 @@ def check_resume_config(saved: TrainConfig, new: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = False,
-          force: bool = False, progress: bool = False) -> RunResult:
+          force: bool = False, progress: bool = False,
+          pretrained_from: str | Path | None = None) -> RunResult:
     """Pretrain offline, then finetune online; everything lands in `out` (the run dir).
 
     Default run dir: runs/<env>-<algo>-s<seed>. Returns the run's metrics and final eval.
@@ -599,7 +644,8 @@ def train(config: TrainConfig, out: str | Path | None = None, *, resume: bool = 
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        trainer = Trainer(config, out, resume=resume, force=force, progress=progress)
+        trainer = Trainer(config, out, resume=resume, force=force, progress=progress,
+                          pretrained_from=pretrained_from)
         try:
             return trainer.run()
         finally:
