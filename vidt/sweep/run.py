@@ -204,19 +204,20 @@ def write_index(sweep: Sweep) -> None:
     sweep.root.mkdir(parents=True, exist_ok=True)
     index = sweep.root / "sweep.json"
     try:
-        kept = {rel: point for rel, point in json.loads(index.read_text())["runs"].items()
+        earlier = json.loads(index.read_text())
+    except (OSError, ValueError):
+        earlier = {}  # none yet (or unreadable: rewritten whole from this file)
+    try:
+        kept = {rel: point for rel, point in earlier["runs"].items()
                 if (sweep.root / rel).is_dir()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        kept = {}  # none yet (or unreadable: rewritten whole from this file)
+    except (KeyError, TypeError, AttributeError):
+        kept = {}
     runs = {**kept, **{str(p.run_dir.relative_to(sweep.root)): {
         "env_id": p.dataset.env_id, "dataset": p.dataset.name, "algo": p.algo,
         "variant": p.variant, "sets": list(p.sets), "seed": p.seed,
         **({} if p.dataset.threshold is None else {"threshold": p.dataset.threshold})}
         for p in sweep.points}}
-    try:
-        old = json.loads(index.read_text()).get("datasets", [])
-    except (OSError, ValueError, AttributeError):
-        old = []
+    old = earlier.get("datasets", []) if isinstance(earlier, dict) else []
     # A dataset removed from the disk since keeps what was recorded of it.
     datasets = {(d["env_id"], d["dataset"]): d for d in old if isinstance(d, dict)}
     for d in sweep.datasets:
@@ -287,17 +288,17 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
             result.outcomes.append(Outcome(p, "skipped"))
         else:
             todo.append(p)
-    write_index(sweep)
     stop_file = sweep.root / STOP_FILE
     stop_file.unlink(missing_ok=True)  # left by an earlier interrupted sweep
+    if todo:
+        collect_missing(sweep, echo)
+        from .spec import check
+
+        check(sweep)  # the collected datasets too
+    write_index(sweep)  # with what the (collected) datasets hold
     if not todo:
         echo(f"all {len(sweep.points)} runs have finished; nothing to do")
         return result
-    collect_missing(sweep, echo)
-    from .spec import check
-
-    check(sweep)  # the collected datasets too
-    write_index(sweep)  # now with what the collected datasets hold
 
     started_here = not ray.is_initialized()
     if started_here:
