@@ -384,7 +384,8 @@ class Trainer:
         self.wall_time += self._elapsed()
         self._t0 = time.perf_counter()
         state = self._state()
-        for name, obj in ((CHECKPOINT, state), (ACTOR, state["actor_file"]), *((n, state) for n in also)):
+        for name, obj in ((CHECKPOINT, state), (ACTOR, state["actor_file"]),
+                          *((n, state) for n in also)):
             self._save(name, obj)
 
     def _save(self, name: str, obj: dict) -> None:
