@@ -506,3 +506,24 @@ def test_a_control_that_differs_only_online_starts_from_its_method_s_pretraining
     assert own.returncode == 0, own.stderr
     assert rows(base / "vidt-rl-off" / "s0") == rows(tmp_path / "own")
     assert rows(base / "vidt-rl-off" / "s0") != rows(base / "vidt" / "s0")
+
+
+def test_a_donor_is_judged_by_the_config_it_ran_with_not_the_file_as_edited_since(tmp_path):
+    from vidt.sweep.run import pretraining_donor
+    from vidt.sweep.spec import parse
+    from vidt.train.trainer import train
+
+    f, root = sweep_file(tmp_path, "stale", algos='["vidt", "odt"]')
+    f.write_text(f.read_text().replace("seeds = [0, 1]", "seeds = [0]")
+                 + '[grid.variants]\n"" = []\n"rl-off" = { algos = ["vidt"], set = ["loss.rl_coef=0.0"] }\n')
+    spec = parse(f)
+    vidt_s0, rl_off, odt = (next(p for p in spec.points if (p.algo, p.variant) == k)
+                            for k in (("vidt", ""), ("vidt", "rl-off"), ("odt", "")))
+    assert pretraining_donor(spec, rl_off, {}) is None  # nothing pretrained yet
+    train(spec.config(vidt_s0), vidt_s0.run_dir)
+    assert pretraining_donor(spec, rl_off, {}) == vidt_s0.run_dir
+    assert pretraining_donor(spec, odt, {}) is None  # ODT pretrains differently
+    # The file edited since: vidt/s0 (finished, so not rerun) pretrained with 60 updates.
+    f.write_text(f.read_text().replace("pretrain_updates = 60", "pretrain_updates = 80"))
+    edited = parse(f)
+    assert pretraining_donor(edited, next(p for p in edited.points if p.variant), {}) is None

@@ -301,3 +301,9 @@ def test_the_anchor_pulls_the_actor_toward_its_frozen_reference_online_only():
     L2.load_state_dict(state)  # a resumed run anchors to the same reference
     for p, q in zip(L2.reference.parameters(), ref):
         torch.testing.assert_close(p, q)
+    # Before the online start nothing pulls, even with the RL term on from the start
+    # (loss.rl_from_start): there is no reference yet, not one of the untrained actor.
+    L3 = Learner(cfg, ModelSpec(1, 1), [0.0], [1.0], [-1.0], [1.0])
+    assert L3.reference is None
+    _, info = deterministic_loss(L3, batch, 1.0, 0.1)
+    assert "anchor_loss" not in info and "rl_loss" in info

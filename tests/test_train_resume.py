@@ -83,3 +83,8 @@ def test_a_run_that_differs_only_online_starts_from_another_s_pretraining(tmp_pa
     assert r.exit_code == 1 and "loss.gamma: 0.99 vs 0.9" in r.stderr
     r = run_cli(*anchor, "--out", str(tmp_path / "n"), "--pretrained-from", str(tmp_path))
     assert r.exit_code == 1 and "no pretrained.pt" in r.stderr
+    # With the RL term on from the start, the online coefficients are read while pretraining.
+    r = run_cli(*anchor, "--set", "loss.rl_from_start=true", "--out", str(tmp_path / "f"),
+                "--pretrained-from", str(vidt_run))
+    assert r.exit_code == 1 and "loss.rl_from_start: False vs True" in r.stderr
+    assert "loss.anchor_coef: 0.0 vs 1.0" in r.stderr

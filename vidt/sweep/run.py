@@ -71,10 +71,13 @@ def is_finished(run_dir: Path) -> bool:
 def pretraining_donor(sweep: Sweep, p: Point, configs: dict) -> Path | None:
     """A run of the sweep that has pretrained exactly as p would (same dataset and seed, its
     settings equal but for what only the online phase reads: ViDT and its RL-off control, or
-    vidt-anchor), whose pretrained.pt p starts from instead of pretraining again. None when p
-    has a checkpoint of its own or no such run has finished pretraining yet. `configs`:
-    point -> its TrainConfig, filled as needed."""
+    its anchored form), whose pretrained.pt p starts from instead of pretraining again. None when p
+    has a checkpoint of its own or no such run has finished pretraining yet. The donor's
+    config is the one it ran with (its config.json), not what the sweep file says now: a
+    file edited since makes its finished runs no donors. `configs`: point -> the config p
+    would run with, filled as needed."""
     from vidt.train.checkpoint import CHECKPOINT, PRETRAINED
+    from vidt.train.config import TrainConfig, read_run_config
     from vidt.train.trainer import pretraining_differences
 
     if (p.run_dir / CHECKPOINT).exists():
@@ -82,10 +85,16 @@ def pretraining_donor(sweep: Sweep, p: Point, configs: dict) -> Path | None:
     for q in sweep.points:
         if q == p or q.dataset != p.dataset or q.seed != p.seed:
             continue
-        if (q.run_dir / PRETRAINED).is_file():
-            a, b = (configs.setdefault(x, sweep.config(x)) for x in (q, p))
-            if not pretraining_differences(a, b):
-                return q.run_dir
+        if not (q.run_dir / PRETRAINED).is_file():
+            continue
+        try:
+            ran = TrainConfig.from_dict(read_run_config(q.run_dir))
+        except VidtError:
+            continue
+        if p not in configs:
+            configs[p] = sweep.config(p)
+        if not pretraining_differences(ran, configs[p]):
+            return q.run_dir
     return None
 
 

@@ -75,10 +75,9 @@ class Learner:
             self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=o.critic_lr,
                                                 weight_decay=o.critic_weight_decay)
         # The anchor's reference (loss.anchor_coef > 0): the actor as pretraining left it,
-        # frozen at the online start (sync_targets) and kept in checkpoints.
+        # made at the online start (sync_targets) and kept in checkpoints. None before, so
+        # that nothing pulls while pretraining, even with the RL term on from the start.
         self.reference = None
-        if cfg.loss.anchor_coef > 0:
-            self.reference = copy.deepcopy(self.actor.model).requires_grad_(False).eval()
         self.log_temperature = None
         if algo.stochastic:
             self.log_temperature = torch.tensor(math.log(cfg.loss.init_temperature),
@@ -181,8 +180,13 @@ class Learner:
         if self.critic is not None:
             self.critic_target.load_state_dict(self.critic.state_dict())
             self.actor_target.load_state_dict(self.actor.model.state_dict())
-        if self.reference is not None:
-            self.reference.load_state_dict(self.actor.model.state_dict())
+        if self.cfg.loss.anchor_coef > 0:
+            self._make_reference().load_state_dict(self.actor.model.state_dict())
+
+    def _make_reference(self):
+        if self.reference is None:
+            self.reference = copy.deepcopy(self.actor.model).requires_grad_(False).eval()
+        return self.reference
 
     # ---------------------------------------------------------------- state
 
@@ -213,6 +217,5 @@ class Learner:
             with torch.no_grad():
                 self.log_temperature.copy_(s["log_temperature"])
             self.temp_opt.load_state_dict(s["temp_opt"])
-        # A pretraining snapshot of a run without an anchor has none; the online start sets it.
-        if self.reference is not None and "reference" in s:
-            self.reference.load_state_dict(s["reference"])
+        if "reference" in s and self.cfg.loss.anchor_coef > 0:  # none before the online start
+            self._make_reference().load_state_dict(s["reference"])

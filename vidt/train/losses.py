@@ -151,7 +151,7 @@ def stochastic_actor_loss(batch: Batch, model: DecisionTransformer, log_temperat
 def deterministic_loss(learner, batch: Batch, supervised_coef: float, rl_coef: float
                        ) -> tuple[torch.Tensor, dict]:
     """vidt, td3 and the anchored vidt (they differ only in their coefficients). The anchor
-    pulls only online (with the RL term): before that the reference is the actor itself."""
+    pulls only online, with the RL term (the learner has no reference before the online start)."""
     critic = learner.critic if rl_coef > 0 else None
     anchor = learner.cfg.loss.anchor_coef if rl_coef > 0 else 0.0
     return deterministic_actor_loss(batch, learner.train_model, critic, supervised_coef, rl_coef,

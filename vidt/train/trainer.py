@@ -262,7 +262,10 @@ class Trainer:
 
         try:
             # Before the run directory is touched too: a donor it cannot use is an input error.
-            donor = read_pretrained(pretrained_from, cfg, self.device) if pretrained_from else None
+            # (Not read when the run goes on from its own checkpoint.)
+            own = resume and (self.run_dir / CHECKPOINT).exists()
+            donor = (read_pretrained(pretrained_from, cfg, self.device)
+                     if pretrained_from and not own else None)
             self.lock = prepare_run_dir(self.run_dir, resume, force)
         except BaseException:
             self._close_envs()
@@ -601,8 +604,10 @@ def pretraining_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
     x, y = flatten_dict(a.to_dict()), flatten_dict(b.to_dict())
     free = RESUMABLE_CHANGES + (() if x["loss.rl_from_start"] or y["loss.rl_from_start"] else ONLINE_ONLY)
     diff = [f"{k}: {x[k]!r} vs {y.get(k)!r}" for k in x if x[k] != y.get(k) and k not in free]
-    p, q = a.algorithm, b.algorithm
-    if (p.loss, p.stochastic, p.critic) != (q.loss, q.stochastic, q.critic):
+    # Every field of the algorithm's row but its name, notes and online coefficients (which
+    # the config carries, compared above), so that a field added later counts by default.
+    online = dict(name="", notes="", supervised_coef=0.0, rl_coef=0.0, anchor_coef=0.0)
+    if replace(a.algorithm, **online) != replace(b.algorithm, **online):
         diff.insert(0, f"algo: {a.algo!r} vs {b.algo!r} (pretrained differently)")
     return diff
 
@@ -617,8 +622,14 @@ def read_pretrained(run_dir: str | Path, cfg: TrainConfig, device) -> dict:
     diff = pretraining_differences(TrainConfig.from_dict(json.loads(state["config"])), cfg)
     if diff:
         raise ConfigError(f"{path} was pretrained with other settings: {', '.join(diff[:4])}; "
-                          f"only {', '.join(ONLINE_ONLY)} may differ")
-    return {**state, "path": str(path)}
+                          f"only {', '.join(ONLINE_ONLY)} may differ (none of them with "
+                          f"loss.rl_from_start)")
+    # Its RNG states and numerics are those of the device it ran on.
+    there, here = ("CUDA" if state["rng"]["cuda"] else "CPU"), torch.device(device).type.upper()
+    if there != here:
+        raise ConfigError(f"{path} was pretrained on {there} and this run is on {here}: it would "
+                          f"not continue as its own pretraining would; use --device")
+    return {**state, "path": str(path.resolve())}
 
 
 def check_resume_config(saved: TrainConfig, new: TrainConfig) -> None:
