@@ -492,10 +492,14 @@ def test_a_control_that_differs_only_online_starts_from_its_method_s_pretraining
     f, root = sweep_file(tmp_path, "share", algos='["vidt"]')
     f.write_text(f.read_text().replace("seeds = [0, 1]", "seeds = [0]")
                  + '[grid.variants]\n"" = []\n"rl-off" = ["loss.rl_coef=0.0"]\n')
-    res = vidt("sweep", str(f), "--max-concurrent", "1")
+    # Two at once where there are two cores: the control waits for ViDT's pretraining.
+    res = vidt("sweep", str(f), "--max-concurrent", "2")
     assert res.returncode == 0, res.stderr
     base = root / "vidt-OneState-v0-builtin"
     assert f"{base / 'vidt-rl-off' / 's0'} (pretrained as {base / 'vidt' / 's0'})" in res.stderr
+    if (os.cpu_count() or 1) >= 2:
+        assert (f"wait   {base / 'vidt-rl-off' / 's0'} (for the pretraining of "
+                f"{base / 'vidt' / 's0'})") in res.stderr
     assert "vidt/s0 (pretrained" not in res.stderr
     # The control ends exactly as when it pretrains itself, with the command its log holds.
     log = (root / "logs" / "vidt-OneState-v0-builtin" / "vidt-rl-off" / "s0.log").read_text()

@@ -5,7 +5,8 @@ Local Ray by default (started and stopped here); a cluster with `address`. On a 
 sweep root and datasets must be on storage every node sees, and vidt installed on each.
 Stop and go on: Ctrl-C cancels the running tasks, whose `vidt train` gets SIGINT and writes a
 checkpoint; a rerun skips finished runs and resumes the others. A run that would pretrain
-exactly as another already has (pretraining_donor) starts from that run's pretrained.pt.
+exactly as another (pretraining_donor) starts from that run's pretrained.pt, and waits for it
+while that run is still pretraining (pretraining_for).
 """
 
 from __future__ import annotations
@@ -98,8 +99,39 @@ def pretraining_donor(sweep: Sweep, p: Point, configs: dict) -> Path | None:
     return None
 
 
+def pretraining_for(sweep: Sweep, p: Point, running: list[Point], configs: dict) -> Point | None:
+    """A running point that is still pretraining exactly as p would: p waits for its
+    pretrained.pt (pretraining_donor) rather than pretrain the same beside it. None when p
+    has a checkpoint of its own or no such point is running."""
+    from vidt.train.checkpoint import CHECKPOINT, PRETRAINED
+    from vidt.train.trainer import pretraining_differences
+
+    if (p.run_dir / CHECKPOINT).exists():
+        return None
+    for q in running:
+        if q.dataset != p.dataset or q.seed != p.seed or (q.run_dir / PRETRAINED).exists():
+            continue
+        if any(r.get("eval_return_mean") for r in _metrics(q.run_dir)):  # resumed, past it
+            continue
+        for x in (p, q):
+            if x not in configs:
+                configs[x] = sweep.config(x)
+        if not pretraining_differences(configs[q], configs[p]):
+            return q
+    return None
+
+
 def log_path(sweep: Sweep, p: Point) -> Path:
     return sweep.root / "logs" / p.run_dir.relative_to(sweep.root).with_suffix(".log")
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    """The rows of RUN_DIR/metrics.csv so far (none when it is not there or not readable)."""
+    try:
+        with open(run_dir / "metrics.csv", newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error):
+        return []
 
 
 class _Progress:
@@ -107,18 +139,11 @@ class _Progress:
     --json` prints nothing while it runs, and the log is where a sweep's user looks."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / "metrics.csv"
-        self.seen = len(self._rows())  # a resumed run's earlier rows are not news
-
-    def _rows(self) -> list[dict]:
-        try:
-            with open(self.path, newline="") as f:
-                return list(csv.DictReader(f))
-        except (OSError, csv.Error):
-            return []
+        self.run_dir = run_dir
+        self.seen = len(_metrics(run_dir))  # a resumed run's earlier rows are not news
 
     def lines(self) -> list[str]:
-        rows = self._rows()
+        rows = _metrics(self.run_dir)
         self.seen = min(self.seen, len(rows))  # a resume cut rows past its checkpoint
         new, self.seen = rows[self.seen:], len(rows)
         out = []
@@ -340,9 +365,20 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
         durations: list[float] = []
         t0 = time.monotonic()
 
+        waiting: dict[Point, Point] = {}  # point -> the running one whose pretraining it awaits
+
         def submit():
-            while queue and len(running) < cap:
-                p = queue.pop(0)
+            i = 0
+            while i < len(queue) and len(running) < cap:
+                p = queue[i]
+                q = pretraining_for(sweep, p, [x for x, _ in running.values()], configs)
+                if q is not None:
+                    if waiting.get(p) != q:
+                        echo(f"wait   {p.name} (for the pretraining of {q.name})")
+                    waiting[p] = q
+                    i += 1
+                    continue
+                queue.pop(i)
                 resume = (p.run_dir / "config.json").exists()
                 if resume:
                     resumed.add(p.run_dir)
@@ -360,6 +396,7 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, max_concurrent: int |
         while running:
             # Short waits: Ctrl-C (a Python signal handler) only runs between them.
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            submit()  # a point waiting for another's pretraining may start now
             for ref in ready:
                 p, _start = running.pop(ref)
                 try:
