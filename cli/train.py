@@ -209,10 +209,11 @@ def _say_what_resume_does(run_dir: Path, saved: dict, cfg) -> bool:
     state = load_file(run_dir / CHECKPOINT)
     try:
         done = int(state["counters"]["online_env_steps"])
+        midway = bool(state["counters"]["iter_collected"])  # its last updates still to come
     except (KeyError, TypeError, ValueError):
         return True  # the trainer reports what is wrong with it
     was, now = int(saved["online"]["online_steps"]), cfg.online.online_steps
-    if done >= now:
+    if done >= now and not midway:
         click.echo(f"{run_dir} has finished: {done} online steps, its budget is {now}. "
                    f"Nothing to do; pass --online-steps N (more than {done}) to extend it.",
                    err=True)

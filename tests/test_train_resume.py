@@ -88,3 +88,33 @@ def test_a_run_that_differs_only_online_starts_from_another_s_pretraining(tmp_pa
                 "--pretrained-from", str(vidt_run))
     assert r.exit_code == 1 and "loss.rl_from_start: False vs True" in r.stderr
     assert "loss.anchor_coef: 0.0 vs 1.0" in r.stderr
+
+
+def test_a_run_stopped_after_its_last_collection_still_does_its_last_updates(tmp_path, run_cli):
+    # Stopped (Ctrl-C) in the last iteration, after the episodes that spend the budget were
+    # collected: the resume must do that iteration's updates and the final evaluation, not
+    # call the run finished.
+    from vidt.train.config import TrainConfig
+    from vidt.train.trainer import Trainer
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_cli(*ARGS, "--out", str(full)).exit_code == 0
+    cfg = TrainConfig.from_dict(json.loads((full / "config.json").read_text()))
+    t = Trainer(cfg, cut)
+    stop_at_last = t._interrupt
+
+    def interrupt():
+        if t.iter_collected and t.online_env_steps >= cfg.online.online_steps and t.iter_updates:
+            t._stop = True
+        return stop_at_last()
+
+    t._interrupt = interrupt
+    try:
+        assert t.run().interrupted
+    finally:
+        t.close()
+    assert len(_rows(cut)) < len(_rows(full))
+    r = run_cli(*ARGS, "--out", str(cut), "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert "has finished" not in r.stderr
+    assert _rows(cut) == _rows(full)

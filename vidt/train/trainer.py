@@ -535,8 +535,9 @@ class Trainer:
             self.buffer.seed_with(self.offline)
             self.phase = "online"
             self.checkpoint()
-        # 3. online iterations.
-        while self.online_env_steps < o.online_steps:
+        # 3. online iterations (and one whose episodes were collected before a stop: its updates
+        # and evaluation are still to come, even when the collection spent the budget).
+        while self.online_env_steps < o.online_steps or self.iter_collected:
             if not self.iter_collected:
                 steps = 0
                 while steps < max(1, o.min_steps_per_iter):
