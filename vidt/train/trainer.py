@@ -594,6 +594,12 @@ class Trainer:
 
 
 RESUMABLE_CHANGES = ("online.online_steps", "device", "threads")
+
+
+def differing_fields(a: dict, b: dict, free: tuple[str, ...]) -> list[str]:
+    """The keys of flattened config `a` whose value in `b` differs, but for those in `free`."""
+    return [k for k in a if a[k] != b.get(k) and k not in free]
+
 # What only the online phase reads (unless the RL term is on from the start): two runs whose
 # configs differ in nothing else pretrain to the same state, bit for bit on one machine.
 ONLINE_ONLY = ("algo", "loss.supervised_coef", "loss.rl_coef", "loss.anchor_coef")
@@ -604,7 +610,7 @@ def pretraining_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
     other's pretrained.pt). Their algorithms may differ when pretraining runs them alike."""
     x, y = flatten_dict(a.to_dict()), flatten_dict(b.to_dict())
     free = RESUMABLE_CHANGES + (() if x["loss.rl_from_start"] or y["loss.rl_from_start"] else ONLINE_ONLY)
-    diff = [f"{k}: {x[k]!r} vs {y.get(k)!r}" for k in x if x[k] != y.get(k) and k not in free]
+    diff = [f"{k}: {x[k]!r} vs {y.get(k)!r}" for k in differing_fields(x, y, free)]
     # Every field of the algorithm's row but its name, notes and online coefficients (which
     # the config carries, compared above), so that a field added later counts by default.
     online = dict(name="", notes="", supervised_coef=0.0, rl_coef=0.0, anchor_coef=0.0)
@@ -637,7 +643,7 @@ def check_resume_config(saved: TrainConfig, new: TrainConfig) -> None:
     """A resumed run keeps its config; only the budget, the device and the CPU threads may
     change (the last two are where it runs, not what it learns)."""
     a, b = flatten_dict(saved.to_dict()), flatten_dict(new.to_dict())
-    diff = [k for k in a if a[k] != b.get(k) and k not in RESUMABLE_CHANGES]
+    diff = differing_fields(a, b, RESUMABLE_CHANGES)
     if diff:
         shown = ", ".join(f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in diff[:6])
         raise ConfigError(f"--resume continues a run with its own config; these differ: {shown}. "
