@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 ARGS = ["train", "--env", "vidt/OneState-v0", "--preset", "tiny", "--algo", "vidt",
         "--seed", "3", "--pretrain-updates", "60", "--online-steps", "384", "--device", "cpu",
@@ -100,6 +101,8 @@ def test_a_run_stopped_after_its_last_collection_still_does_its_last_updates(tmp
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run_cli(*ARGS, "--out", str(full)).exit_code == 0
     cfg = TrainConfig.from_dict(json.loads((full / "config.json").read_text()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)  # as train() does; other thread counts round differently
     t = Trainer(cfg, cut)
     stop_at_last = t._interrupt
 
@@ -113,6 +116,7 @@ def test_a_run_stopped_after_its_last_collection_still_does_its_last_updates(tmp
         assert t.run().interrupted
     finally:
         t.close()
+        torch.set_num_threads(threads)
     assert len(_rows(cut)) < len(_rows(full))
     r = run_cli(*ARGS, "--out", str(cut), "--resume")
     assert r.exit_code == 0, r.stderr
