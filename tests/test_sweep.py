@@ -304,7 +304,7 @@ def test_the_committed_sweep_files_pass_the_checks_a_sweep_makes_first(path):
     sweep = parse(path)
     check(sweep)
     assert sweep.root == Path("benchmarks/sweeps/runs") / path.stem
-    assert len({p.run_dir for p in sweep.points}) == len(sweep.points) >= 6
+    assert sweep.points and len({p.run_dir for p in sweep.points}) == len(sweep.points)
 
 
 def test_datasets_a_sweep_collects_are_made_once_and_then_checked(tmp_path):
