@@ -203,17 +203,18 @@ def _say_what_resume_does(run_dir: Path, saved: dict, cfg) -> bool:
     """Whether there is anything to train; says so when the budget changes or is spent. Reads
     the checkpoint as the trainer would, so a damaged one is reported either way."""
     from vidt.train.checkpoint import CHECKPOINT, load_file
+    from vidt.train.trainer import online_done
 
     if not (run_dir / CHECKPOINT).exists():
         return True  # nothing checkpointed yet: the trainer starts the run over
     state = load_file(run_dir / CHECKPOINT)
     try:
         done = int(state["counters"]["online_env_steps"])
-        midway = bool(state["counters"]["iter_collected"])  # its last updates still to come
+        midway = bool(state["counters"]["iter_collected"])
     except (KeyError, TypeError, ValueError):
         return True  # the trainer reports what is wrong with it
     was, now = int(saved["online"]["online_steps"]), cfg.online.online_steps
-    if done >= now and not midway:
+    if online_done(done, midway, now):
         click.echo(f"{run_dir} has finished: {done} online steps, its budget is {now}. "
                    f"Nothing to do; pass --online-steps N (more than {done}) to extend it.",
                    err=True)

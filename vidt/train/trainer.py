@@ -535,9 +535,8 @@ class Trainer:
             self.buffer.seed_with(self.offline)
             self.phase = "online"
             self.checkpoint()
-        # 3. online iterations (and one whose episodes were collected before a stop: its updates
-        # and evaluation are still to come, even when the collection spent the budget).
-        while self.online_env_steps < o.online_steps or self.iter_collected:
+        # 3. online iterations.
+        while not online_done(self.online_env_steps, self.iter_collected, o.online_steps):
             if not self.iter_collected:
                 steps = 0
                 while steps < max(1, o.min_steps_per_iter):
@@ -594,6 +593,13 @@ class Trainer:
 
 
 RESUMABLE_CHANGES = ("online.online_steps", "device", "threads")
+
+
+def online_done(online_env_steps: int, iter_collected: bool, online_steps: int) -> bool:
+    """Whether the online phase is over: its budget spent and no iteration pending whose
+    episodes were collected before a stop (its updates and evaluation are still to come, even
+    when that collection spent the budget)."""
+    return online_env_steps >= online_steps and not iter_collected
 
 
 def differing_fields(a: dict, b: dict, free: tuple[str, ...]) -> list[str]:
